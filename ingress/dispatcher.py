@@ -1,0 +1,95 @@
+"""The ingress's only way to reach partitions: the Dispatcher protocol and its value types.
+
+`GrpcDispatcher` (in `ingress/grpc_dispatcher.py`) implements it against partition workers;
+`InMemoryDispatcher` (tests) implements it in-process. Both are checked by the same contract
+suite (`tests/contract/`). Failures are raised as the `ingress.errors` types named below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+class HandlerKind(str, Enum):
+    SERVICE = "service"  # plain service handler
+    EXCLUSIVE = "exclusive"  # virtual object, takes the key lock
+    SHARED = "shared"  # virtual object / workflow shared handler
+    WORKFLOW = "workflow"  # workflow main handler (run once per key)
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationRequest:
+    """One call or send, fully resolved by the ingress (id and partition already computed)."""
+
+    invocation_id: str
+    partition: int
+    service: str
+    handler: str
+    key: str | None  # object / workflow key; None for plain services
+    kind: HandlerKind
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    idempotency_key: str | None = None  # user-given or generated (controlled-idempotent-sharding)
+    completion_retention_ms: int = 0  # how long the result stays retrievable after completion
+    journal_retention_ms: int = 0
+    execution_time_ms: int | None = None  # delayed send: absolute epoch ms
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A completed invocation's result as a caller sees it."""
+
+    invocation_id: str
+    value: bytes = b""
+    failure_code: int = 0  # 0 = success
+    failure_message: str = ""
+    expires_ms: int | None = None  # when the retained result is purged; None = not announced
+
+    @property
+    def ok(self) -> bool:
+        return self.failure_code == 0
+
+
+class SendStatus(str, Enum):
+    ACCEPTED = "Accepted"
+    PREVIOUSLY_ACCEPTED = "PreviouslyAccepted"
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    invocation_id: str
+    status: SendStatus
+    execution_time_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputQuery:
+    invocation_id: str
+    partition: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Dispatcher(Protocol):
+    """What the ingress needs from the partitions.
+
+    Raises `ingress.errors.InvocationNotFound` (404), `InvocationNotReady` (470, output only),
+    `PartitionUnavailable` (503) as appropriate.
+    """
+
+    async def call(self, req: InvocationRequest) -> Outcome:
+        """Accept the invocation (or find the existing one with that id) and wait for its result."""
+        ...
+
+    async def send(self, req: InvocationRequest) -> SendReceipt:
+        """Accept the invocation durably and return at once."""
+        ...
+
+    async def attach(self, invocation_id: str, partition: int) -> Outcome:
+        """Wait for the invocation's result (at once if already completed and retained)."""
+        ...
+
+    async def get_output(self, invocation_id: str, partition: int) -> Outcome:
+        """The result if completed and retained; else InvocationNotReady / InvocationNotFound."""
+        ...

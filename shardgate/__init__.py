@@ -1,0 +1,1 @@
+"""shardgate: a Restate-compatible durable invocation server (shared code for ingress and workers)."""
