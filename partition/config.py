@@ -1,0 +1,76 @@
+"""PartitionConfig: everything a partition worker process is configured with."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shardgate.envconfig import env_bool, env_float, env_int, env_str, mask_url
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionConfig:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """The Redis holding all durable state (SHARDGATE_REDIS_URL)."""
+    partitions: int = 64
+    """Partition count P; fixed at first start, a mismatch refuses to start (SHARDGATE_PARTITIONS)."""
+    worker_id: str = ""
+    """Stable identity in the membership set (SHARDGATE_WORKER_ID; default host-pid)."""
+    bind_host: str = "127.0.0.1"
+    """Address the gRPC and metrics servers bind (SHARDGATE_BIND_HOST)."""
+    grpc_port: int = 5122
+    """gRPC port; 0 picks a free one (SHARDGATE_GRPC_PORT)."""
+    advertised_host: str = "127.0.0.1"
+    """Host other processes use to reach this worker (SHARDGATE_ADVERTISED_HOST)."""
+    metrics_port: int = 9100
+    """/metrics and /health port; 0 picks a free one (SHARDGATE_METRICS_PORT)."""
+    lease_ttl_ms: int = 5000
+    """A partition lease lapses this long after its owner stops renewing it (SHARDGATE_LEASE_TTL_MS)."""
+    heartbeat_interval_ms: int = 1000
+    """Membership heartbeat, lease renewal and rebalancing period (SHARDGATE_HEARTBEAT_INTERVAL_MS)."""
+    deployment_timeout_s: float = 600.0
+    """Abort timeout of one attempt against a deployment (SHARDGATE_DEPLOYMENT_TIMEOUT_S)."""
+    deployment_connect_timeout_s: float = 5.0
+    """TCP connect timeout towards deployments (SHARDGATE_DEPLOYMENT_CONNECT_TIMEOUT_S)."""
+    max_concurrent_invocations: int = 10000
+    """In-flight attempts per worker; more wait for a slot (SHARDGATE_MAX_CONCURRENT_INVOCATIONS)."""
+    redis_timeout_s: float = 5.0
+    """Socket timeout of every Redis command (SHARDGATE_REDIS_TIMEOUT_S)."""
+    log_level: str = "INFO"
+    """SHARDGATE_LOG_LEVEL."""
+    log_json: bool = True
+    """JSON log lines (SHARDGATE_LOG_JSON)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "PartitionConfig":
+        env = os.environ if env is None else env
+        return cls(
+            redis_url=env_str(env, "REDIS_URL", cls.redis_url),
+            partitions=env_int(env, "PARTITIONS", cls.partitions, minimum=1),
+            worker_id=env_str(env, "WORKER_ID", "") or f"{socket.gethostname()}-{os.getpid()}",
+            bind_host=env_str(env, "BIND_HOST", cls.bind_host),
+            grpc_port=env_int(env, "GRPC_PORT", cls.grpc_port, minimum=0),
+            advertised_host=env_str(env, "ADVERTISED_HOST", cls.advertised_host),
+            metrics_port=env_int(env, "METRICS_PORT", cls.metrics_port, minimum=0),
+            lease_ttl_ms=env_int(env, "LEASE_TTL_MS", cls.lease_ttl_ms, minimum=500),
+            heartbeat_interval_ms=env_int(env, "HEARTBEAT_INTERVAL_MS", cls.heartbeat_interval_ms, minimum=50),
+            deployment_timeout_s=env_float(env, "DEPLOYMENT_TIMEOUT_S", cls.deployment_timeout_s),
+            deployment_connect_timeout_s=env_float(
+                env, "DEPLOYMENT_CONNECT_TIMEOUT_S", cls.deployment_connect_timeout_s
+            ),
+            max_concurrent_invocations=env_int(
+                env, "MAX_CONCURRENT_INVOCATIONS", cls.max_concurrent_invocations, minimum=1
+            ),
+            redis_timeout_s=env_float(env, "REDIS_TIMEOUT_S", cls.redis_timeout_s),
+            log_level=env_str(env, "LOG_LEVEL", cls.log_level).upper(),
+            log_json=env_bool(env, "LOG_JSON", cls.log_json),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PartitionConfig(worker_id={self.worker_id!r}, redis_url={mask_url(self.redis_url)!r}, "
+            f"partitions={self.partitions}, grpc={self.bind_host}:{self.grpc_port}, "
+            f"metrics_port={self.metrics_port}, lease_ttl_ms={self.lease_ttl_ms})"
+        )
