@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from shardgate.envconfig import env_float, env_int, env_opt_int, env_str, env_bool, mask_url
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class IngressConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis holding the registry, membership and routing table (SHARDGATE_REDIS_URL)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from shardgate.envconfig import env_bool, env_float, env_int, env_str, mask_url
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PartitionConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     """The Redis holding all durable state (SHARDGATE_REDIS_URL)."""

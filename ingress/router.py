@@ -1,0 +1,89 @@
+"""Partition id -> owning worker's gRPC stub, from the routing hints workers publish.
+
+Workers write `sg:routes` (partition -> "address|token") when they acquire a lease. The table
+is reloaded every second and at once when a worker answers NOT_LEADER or cannot be reached,
+so the hot path never reads leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+from redis.asyncio import Redis
+
+from ingress.metrics import ROUTE_REFRESHES
+from partition import keys
+from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class Router:
+    def __init__(self, redis: Redis, partitions: int) -> None:
+        self._redis = redis
+        self._routes: list[str | None] = [None] * partitions
+        self._stubs: dict[str, pb_grpc.PartitionServiceStub] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._refreshing: asyncio.Task[None] | None = None
+        self._last_refresh = 0.0
+
+    def stub(self, partition: int) -> pb_grpc.PartitionServiceStub | None:
+        addr = self._routes[partition]
+        if addr is None:
+            return None
+        stub = self._stubs.get(addr)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+            self._channels[addr] = channel
+            stub = self._stubs[addr] = pb_grpc.PartitionServiceStub(channel)
+        return stub
+
+    async def refresh(self) -> None:
+        """Reload the table; concurrent callers share one reload."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._load())
+        await asyncio.shield(self._refreshing)
+
+    async def _load(self) -> None:
+        raw = await self._redis.hgetall(keys.ROUTES)
+        ROUTE_REFRESHES.inc()
+        routes: list[str | None] = [None] * len(self._routes)
+        for p, v in raw.items():
+            i = int(p)
+            if 0 <= i < len(routes):
+                routes[i] = v.decode().split("|", 1)[0]
+        self._routes = routes
+        self._last_refresh = time.monotonic()
+        live = set(filter(None, routes))
+        for addr in [a for a in self._channels if a not in live]:
+            channel = self._channels.pop(addr)
+            self._stubs.pop(addr, None)
+            await channel.close(grace=5)
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("routing table refresh failed: %s", e)
+            await asyncio.sleep(interval_s)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()

@@ -1,0 +1,184 @@
+"""In-memory test doubles: `InMemoryDispatcher` implements `ingress.dispatcher.Dispatcher` in-process.
+
+Semantics follow the spec's partition behaviour closely enough for HTTP-shape tests:
+
+* an invocation id seen for the first time is accepted and run by a *responder* (per
+  ``(service, handler)`` via ``script()``, else the default one; it may be async, may return
+  ``bytes`` or an ``Outcome``; an exception becomes a 500 failure outcome). Set ``fail_with``
+  to make the next dispatcher method raise an ``IngressError`` (e.g. ``PartitionUnavailable``);
+* a repeated id: a **send** answers ``PreviouslyAccepted`` (with the original execution time);
+  a **call** attaches to the running invocation or replays the retained result with
+  ``expires_ms``; a repeated call to a workflow ``run`` gets 409 ``the workflow method was
+  already invoked``;
+* delayed sends stay *scheduled* until ``fire_due()`` runs them;
+* completed invocations are kept for ``completion_retention_ms`` (0 = forgotten at once);
+* ``attach`` waits for completion; ``get_output`` raises ``InvocationNotReady`` /
+  ``InvocationNotFound``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ingress.dispatcher import (
+    HandlerKind,
+    InvocationRequest,
+    Outcome,
+    SendReceipt,
+    SendStatus,
+)
+from ingress.errors import IngressError, InvocationNotFound, InvocationNotReady
+
+Responder = Callable[[InvocationRequest], "Outcome | bytes | Awaitable[Outcome | bytes]"]
+
+WORKFLOW_ALREADY_INVOKED = "the workflow method was already invoked"
+
+
+def echo(req: InvocationRequest) -> bytes:
+    """Default responder: the output is the input."""
+    return req.body
+
+
+@dataclass
+class _Entry:
+    request: InvocationRequest
+    future: asyncio.Future[Outcome]
+    scheduled: bool = False  # delayed send not started yet
+    expires_ms: int | None = None  # set on completion when retained
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+@dataclass
+class InMemoryDispatcher:
+    """A Dispatcher that runs invocations in-process with scripted responders."""
+
+    default: Responder = echo
+    now_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
+    requests: list[InvocationRequest] = field(default_factory=list)  # every call/send received
+    fail_with: IngressError | None = None  # raised by the next call/send/attach/get_output
+    _scripts: dict[tuple[str, str], Responder] = field(default_factory=dict)
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def script(self, service: str, handler: str, responder: Responder) -> None:
+        """Use `responder` for invocations of `service/handler`."""
+        self._scripts[(service, handler)] = responder
+
+    def entry_ids(self) -> list[str]:
+        """Ids of the invocations currently known (running, scheduled or retained)."""
+        return list(self._entries)
+
+    # ---- Dispatcher protocol ------------------------------------------------------------------
+
+    async def call(self, req: InvocationRequest) -> Outcome:
+        self._maybe_fail()
+        self.requests.append(req)
+        entry = self._entries.get(req.invocation_id)
+        if entry is None:
+            entry = self._accept(req)
+        elif req.kind is HandlerKind.WORKFLOW:
+            return Outcome(req.invocation_id, failure_code=409, failure_message=WORKFLOW_ALREADY_INVOKED)
+        elif entry.done:
+            return self._replay(entry)
+        return await asyncio.shield(entry.future)
+
+    async def send(self, req: InvocationRequest) -> SendReceipt:
+        self._maybe_fail()
+        self.requests.append(req)
+        entry = self._entries.get(req.invocation_id)
+        if entry is not None:
+            return SendReceipt(
+                req.invocation_id, SendStatus.PREVIOUSLY_ACCEPTED, entry.request.execution_time_ms
+            )
+        self._accept(req)
+        return SendReceipt(req.invocation_id, SendStatus.ACCEPTED, req.execution_time_ms)
+
+    async def attach(self, invocation_id: str, partition: int) -> Outcome:
+        self._maybe_fail()
+        entry = self._entries.get(invocation_id)
+        if entry is None:
+            raise InvocationNotFound("not found", invocation_id=invocation_id)
+        if entry.done:
+            return self._replay(entry)
+        return await asyncio.shield(entry.future)
+
+    async def get_output(self, invocation_id: str, partition: int) -> Outcome:
+        self._maybe_fail()
+        entry = self._entries.get(invocation_id)
+        if entry is None:
+            raise InvocationNotFound("invocation not found")
+        if not entry.done:
+            raise InvocationNotReady("the invocation exists but has not completed yet")
+        return self._replay(entry)
+
+    # ---- test controls ------------------------------------------------------------------------
+
+    def fire_due(self, now_ms: int | None = None) -> int:
+        """Start scheduled invocations whose execution time has passed; returns how many."""
+        now = self.now_ms() if now_ms is None else now_ms
+        started = 0
+        for entry in list(self._entries.values()):
+            if entry.scheduled and (entry.request.execution_time_ms or 0) <= now:
+                entry.scheduled = False
+                self._start(entry)
+                started += 1
+        return started
+
+    async def close(self) -> None:
+        """Cancel invocations still running."""
+        tasks = [e.task for e in self._entries.values() if e.task is not None and not e.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _maybe_fail(self) -> None:
+        if self.fail_with is not None:
+            err, self.fail_with = self.fail_with, None
+            raise err
+
+    def _accept(self, req: InvocationRequest) -> _Entry:
+        entry = _Entry(req, asyncio.get_running_loop().create_future())
+        self._entries[req.invocation_id] = entry
+        if req.execution_time_ms is not None and req.execution_time_ms > self.now_ms():
+            entry.scheduled = True
+        else:
+            self._start(entry)
+        return entry
+
+    def _start(self, entry: _Entry) -> None:
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry))
+
+    async def _run(self, entry: _Entry) -> None:
+        req = entry.request
+        responder = self._scripts.get((req.service, req.handler), self.default)
+        try:
+            result = responder(req)
+            if inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failing responder is a handler failure
+            result = Outcome(req.invocation_id, failure_code=500, failure_message=str(e))
+        if not isinstance(result, Outcome):
+            result = Outcome(req.invocation_id, value=result)
+        elif not result.invocation_id:
+            result = Outcome(req.invocation_id, result.value, result.failure_code, result.failure_message)
+        if req.completion_retention_ms > 0:
+            entry.expires_ms = self.now_ms() + req.completion_retention_ms
+        else:
+            del self._entries[req.invocation_id]
+        entry.future.set_result(result)
+
+    @staticmethod
+    def _replay(entry: _Entry) -> Outcome:
+        o = entry.future.result()
+        return Outcome(o.invocation_id, o.value, o.failure_code, o.failure_message, entry.expires_ms)

