@@ -70,7 +70,14 @@ def _load_vectors() -> dict[str, dict]:
 
 
 VECTORS = _load_vectors()
-needs_vectors = pytest.mark.skipif(not VECTORS, reason=f"no protocol vectors in {VECTORS_DIR}")
+if not VECTORS:  # the vectors are test data the suite depends on: a missing copy is an error
+    raise RuntimeError(
+        f"no protocol vectors in {VECTORS_DIR}; set SHARDGATE_SHARED_DIR to the shared/ folder"
+    )
+
+
+def needs_vectors(fn):  # kept as a marker of which tests read the vectors
+    return fn
 
 
 def _sides() -> list[tuple[str, str]]:
@@ -197,7 +204,9 @@ def test_frames_match_decoded_view(name, side):
         assert isinstance(msg, MESSAGE_CLASSES[frame.type])
         _assert_no_unknown_fields(msg, f"frame {i} ")
     if view is None:
-        pytest.skip("vector has no decoded view for this side (frames still parsed above)")
+        # k_request_identity has no decoded view: parsing every frame above is the check
+        assert frames, f"{name} {side}: no frames"
+        return
     assert len(frames) == len(view)
     for i, (frame, exp) in enumerate(zip(frames, view, strict=True)):
         where = f"{name} {side} frame {i} ({exp['name']})"
@@ -329,8 +338,7 @@ def _rebuild_runtime_frames(name: str) -> int:
     ],
 )
 def test_builders_reproduce_named_vectors(name, expected_types):
-    if name not in VECTORS:
-        pytest.skip(f"vector {name} missing")
+    assert name in VECTORS, f"vector {name} missing"
     frames = _frames(name, "request")
     runtime_frames = [f for f in frames if f.type in expected_types]
     assert [f.type for f in runtime_frames] == expected_types
