@@ -21,8 +21,8 @@ from ingress.admin import AdminSettings, build_admin_app
 from ingress.api import IngressApiSettings, build_ingress_app
 from ingress.config import IngressConfig
 from ingress.grpc_dispatcher import GrpcDispatcher
-from ingress.metrics import observe_request
-from ingress.router import Router
+from ingress.metrics import ROUTE_REFRESHES, observe_request
+from shardgate.routing import Router
 from shardgate.cluster import check_partition_count
 from shardgate.registry import RegistryCache, RegistryStore
 
@@ -45,7 +45,7 @@ class IngressNode:
         redis = Redis.from_url(config.redis_url, socket_timeout=config.redis_timeout_s,
                                socket_connect_timeout=config.redis_timeout_s, max_connections=256)
         store = RegistryStore(redis)
-        router = Router(redis, config.partitions)
+        router = Router(redis, config.partitions, ROUTE_REFRESHES.inc)
         dispatcher = GrpcDispatcher(router, config.routing_deadline_s, config.rpc_timeout_s, config.call_timeout_s)
         return cls(config, redis, store, RegistryCache(store), router, dispatcher)
 

@@ -18,7 +18,7 @@ import grpc
 from ingress.dispatcher import HandlerKind, InvocationRequest, Outcome, SendReceipt, SendStatus
 from ingress.errors import InvocationNotFound, InvocationNotReady, PartitionUnavailable
 from ingress.metrics import PARTITION_RPCS
-from ingress.router import Router
+from shardgate.routing import Router
 from sgproto.partition.v1 import partition_service_pb2 as pb
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
 

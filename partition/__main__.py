@@ -14,16 +14,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from partition.config import PartitionConfig
+from partition.delivery import RemoteDelivery
+from partition.identity import RequestSigner
 from partition.invoker import Invoker
 from partition.leases import Ownership
-from shardgate.cluster import ClusterMismatch, check_partition_count
 from partition.scripts import Scripts
 from partition.server import PartitionServicer
 from partition.service import PartitionService
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
+from shardgate.cluster import ClusterMismatch, check_partition_count
+from shardgate.envconfig import ConfigError
 from shardgate.logs import run_async, setup_logging
 from shardgate.registry import RegistryCache, RegistryStore
-from shardgate.envconfig import ConfigError
+from shardgate.routing import Router
 
 log = logging.getLogger("partition")
 
@@ -58,9 +61,14 @@ async def serve(config: PartitionConfig) -> None:
     store = RegistryStore(redis)
     cache = RegistryCache(store)
     await cache.refresh()
-    invoker = Invoker(config.deployment_connect_timeout_s, config.deployment_timeout_s)
+    signer = RequestSigner.from_file(config.request_identity_key_file) if config.request_identity_key_file else None
+    if signer is not None:
+        log.info("signing requests to deployments", extra={"key_id": signer.key_id})
+    invoker = Invoker(config.deployment_connect_timeout_s, config.max_protocol_version, signer)
     await invoker.start()
-    service = PartitionService(redis, scripts, invoker, cache.current, config.max_concurrent_invocations)
+    router = Router(redis, config.partitions)
+    service = PartitionService(redis, scripts, invoker, cache.current, config.partitions,
+                               config.max_concurrent_invocations, RemoteDelivery(router).deliver)
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024)])
@@ -77,7 +85,8 @@ async def serve(config: PartitionConfig) -> None:
     site = web.TCPSite(runner, config.bind_host, config.metrics_port)
     await site.start()
 
-    tasks = [asyncio.create_task(ownership.run()), asyncio.create_task(cache.run(0.25))]
+    tasks = [asyncio.create_task(ownership.run()), asyncio.create_task(cache.run(0.25)),
+             asyncio.create_task(router.run(1.0))]
     log.info("partition worker started", extra={"worker_id": config.worker_id, "grpc": address,
                                                 "metrics_port": config.metrics_port})
     stop = asyncio.Event()
@@ -95,6 +104,7 @@ async def serve(config: PartitionConfig) -> None:
     await server.stop(grace=2)
     await service.shutdown()
     await invoker.close()
+    await router.close()
     await runner.cleanup()
     await redis.aclose()
 

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shardgate.envconfig import env_bool, env_float, env_int, env_str, mask_url
+from shardgate.envconfig import ConfigError, env_bool, env_float, env_int, env_str, mask_url
 
 
 @dataclass(frozen=True)
@@ -30,21 +30,25 @@ class PartitionConfig:
     """A partition lease lapses this long after its owner stops renewing it (SHARDGATE_LEASE_TTL_MS)."""
     heartbeat_interval_ms: int = 1000
     """Membership heartbeat, lease renewal and rebalancing period (SHARDGATE_HEARTBEAT_INTERVAL_MS)."""
-    deployment_timeout_s: float = 600.0
-    """Abort timeout of one attempt against a deployment (SHARDGATE_DEPLOYMENT_TIMEOUT_S)."""
     deployment_connect_timeout_s: float = 5.0
     """TCP connect timeout towards deployments (SHARDGATE_DEPLOYMENT_CONNECT_TIMEOUT_S)."""
     max_concurrent_invocations: int = 10000
     """In-flight attempts per worker; more wait for a slot (SHARDGATE_MAX_CONCURRENT_INVOCATIONS)."""
     redis_timeout_s: float = 5.0
     """Socket timeout of every Redis command (SHARDGATE_REDIS_TIMEOUT_S)."""
+    max_protocol_version: int = 6
+    """Highest service-protocol version offered to deployments: 6 (Restate 1.7's default) or 7
+    (SHARDGATE_MAX_PROTOCOL_VERSION)."""
+    request_identity_key_file: str | None = None
+    """Ed25519 PKCS#8 PEM signing every request to deployments; unset = unsigned
+    (SHARDGATE_REQUEST_IDENTITY_KEY_FILE)."""
     log_level: str = "INFO"
     """SHARDGATE_LOG_LEVEL."""
     log_json: bool = True
     """JSON log lines (SHARDGATE_LOG_JSON)."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "PartitionConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PartitionConfig:
         env = os.environ if env is None else env
         return cls(
             redis_url=env_str(env, "REDIS_URL", cls.redis_url),
@@ -56,7 +60,6 @@ class PartitionConfig:
             metrics_port=env_int(env, "METRICS_PORT", cls.metrics_port, minimum=0),
             lease_ttl_ms=env_int(env, "LEASE_TTL_MS", cls.lease_ttl_ms, minimum=500),
             heartbeat_interval_ms=env_int(env, "HEARTBEAT_INTERVAL_MS", cls.heartbeat_interval_ms, minimum=50),
-            deployment_timeout_s=env_float(env, "DEPLOYMENT_TIMEOUT_S", cls.deployment_timeout_s),
             deployment_connect_timeout_s=env_float(
                 env, "DEPLOYMENT_CONNECT_TIMEOUT_S", cls.deployment_connect_timeout_s
             ),
@@ -64,6 +67,8 @@ class PartitionConfig:
                 env, "MAX_CONCURRENT_INVOCATIONS", cls.max_concurrent_invocations, minimum=1
             ),
             redis_timeout_s=env_float(env, "REDIS_TIMEOUT_S", cls.redis_timeout_s),
+            max_protocol_version=_protocol_version(env_int(env, "MAX_PROTOCOL_VERSION", cls.max_protocol_version)),
+            request_identity_key_file=env_str(env, "REQUEST_IDENTITY_KEY_FILE", "") or None,
             log_level=env_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_json=env_bool(env, "LOG_JSON", cls.log_json),
         )
@@ -74,3 +79,9 @@ class PartitionConfig:
             f"partitions={self.partitions}, grpc={self.bind_host}:{self.grpc_port}, "
             f"metrics_port={self.metrics_port}, lease_ttl_ms={self.lease_ttl_ms})"
         )
+
+
+def _protocol_version(v: int) -> int:
+    if v not in (5, 6, 7):
+        raise ConfigError(f"SHARDGATE_MAX_PROTOCOL_VERSION={v} must be 5, 6 or 7")
+    return v

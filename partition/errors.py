@@ -39,7 +39,3 @@ class InvocationNotFound(PartitionError):
 
 class DeploymentError(Exception):
     """An attempt against a deployment failed in a retryable way (transport, HTTP, protocol)."""
-
-
-class UnsupportedFeature(DeploymentError):
-    """The handler used a protocol feature this worker does not implement yet."""

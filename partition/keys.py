@@ -8,15 +8,24 @@ Service names cannot contain ':' (manifest name rule), so `<service>:<key>` is u
 |----------------------------------|--------|-------------------------------------------------|---------------------|
 | sg:{pI}:lease                    | string | TTL (lease_ttl_ms), or release                  | lease_*, every write|
 | sg:{pI}:epoch                    | string | never (fencing epoch, only grows)               | lease_acquire       |
-| sg:{pI}:inv:<id>                 | hash   | complete (no retention) or TTL = retention      | accept, complete, attempt_failed |
-| sg:{pI}:active                   | set    | complete removes members                        | accept, complete    |
-| sg:{pI}:lock:<svc>:<key>         | string | complete (hands over to the inbox head or DEL)  | accept, complete    |
-| sg:{pI}:inbox:<svc>:<key>        | list   | complete pops; empty lists vanish               | accept, complete    |
-| sg:{pI}:state:<svc>:<key>        | hash   | ClearAllState from the handler                  | accept, complete    |
+| sg:{pI}:inv:<id>                 | hash   | apply END (no retention) or TTL = retention     | accept, apply, attempt_start, notify |
+| sg:{pI}:active                   | set    | ids with status invoked; apply/notify maintain  | accept, apply, attempt_start, notify |
+| sg:{pI}:lock:<svc>:<key>         | string | apply END (hands over to the inbox head or DEL) | accept, apply, attempt_start |
+| sg:{pI}:inbox:<svc>:<key>        | list   | apply END pops; empty lists vanish              | accept, apply, attempt_start |
+| sg:{pI}:state:<svc>:<key>        | hash   | ClearAllState; TTL = retention for workflows    | accept, apply, attempt_start |
+| sg:{pI}:journal:<id>             | list   | apply END                                       | apply, attempt_start, notify |
+| sg:{pI}:timers                   | zset   | each firing transition ZREMs its member         | accept, apply, attempt_start, notify |
+| sg:{pI}:outbox                   | list   | outbox_ack after delivery                       | apply, outbox_ack   |
+| sg:{pI}:prom:<wf>:<key>          | hash   | TTL = workflow retention at the run's END       | apply               |
+| sg:{pI}:promw:<wf>:<key>         | hash   | apply PC removes a promise's waiters            | apply               |
 | sg:cluster                       | hash   | never (partitions: P fixed at first start)      | -                   |
 | sg:members                       | hash   | pruned by any worker once a member expired      | -                   |
 | sg:routes                        | hash   | overwritten on every lease acquisition          | lease_acquire       |
 | sg:registry                      | hash   | never (version + one field per deployment)     | registry.py (inline)|
+
+Inside the invocation hash, `n:<key>` fields record which notifications (c<completion id>,
+s<signal index>, n<signal name>) the journal holds, and `wait` the awaited keys while suspended.
+Timer members: `s|<id>` scheduled start, `r|<id>` retry, `w|<id>|<completion id>` sleep.
 
 Retired names are never reused for another meaning.
 """
@@ -24,6 +33,7 @@ Retired names are never reused for another meaning.
 from __future__ import annotations
 
 from shardgate.cluster import CLUSTER_KEY as CLUSTER  # noqa: F401  (listed for the schema table)
+
 MEMBERS = "sg:members"
 ROUTES = "sg:routes"
 
@@ -63,3 +73,28 @@ def inbox(partition: int, service: str, key: str) -> str:
 
 def state(partition: int, service: str, key: str) -> str:
     return f"sg:{{p{partition}}}:state:{service}:{key}"
+
+
+def journal(partition: int, invocation_id: str) -> str:
+    return f"sg:{{p{partition}}}:journal:{invocation_id}"
+
+
+def journal_prefix(partition: int) -> str:
+    """Prefix of journals; apply.lua appends an id to notify promise waiters."""
+    return f"sg:{{p{partition}}}:journal:"
+
+
+def timers(partition: int) -> str:
+    return f"sg:{{p{partition}}}:timers"
+
+
+def outbox(partition: int) -> str:
+    return f"sg:{{p{partition}}}:outbox"
+
+
+def promises(partition: int, service: str, key: str) -> str:
+    return f"sg:{{p{partition}}}:prom:{service}:{key}"
+
+
+def promise_waiters(partition: int, service: str, key: str) -> str:
+    return f"sg:{{p{partition}}}:promw:{service}:{key}"

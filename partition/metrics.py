@@ -31,3 +31,7 @@ SCRIPT_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 RPCS = Counter("shardgate_partition_rpcs_total", "gRPC requests served by method and code.", ["method", "code"])
+TIMER_LAG = Histogram(
+    "shardgate_partition_timer_lag_seconds", "How late a timer fired after its due time.", buckets=_LATENCY_BUCKETS
+)
+OUTBOX_DEPTH = Gauge("shardgate_partition_outbox_depth", "Messages waiting in a partition's outbox.", ["partition"])

@@ -2,13 +2,13 @@
 
 No other module calls EVAL/EVALSHA. Each wrapper turns the script's reply code into a typed
 result or a `Fenced` error. Scripts are run through redis-py's Script objects (EVALSHA with a
-NOSCRIPT fallback), on the shared connection pool or inside a caller's pipeline.
+NOSCRIPT fallback).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +21,41 @@ from partition.metrics import SCRIPT_DURATION
 _LUA_DIR = Path(__file__).with_name("lua")
 
 
+_PRELUDE = (_LUA_DIR / "_prelude.lua").read_text()
+
+
 def _load(name: str) -> str:
-    return (_LUA_DIR / f"{name}.lua").read_text()
+    """A transition's source with the shared helpers of `_prelude.lua` in front."""
+    return _PRELUDE + (_LUA_DIR / f"{name}.lua").read_text()
 
 
 def _pairs(flat: list[Any]) -> dict[bytes, bytes]:
     it = iter(flat)
     return dict(zip(it, it))
+
+
+def _int_or_none(raw: bytes | str | None) -> int | None:
+    if raw is None or raw == b"" or raw == "":
+        return None
+    return int(raw)
+
+
+def _ids(raw: list[bytes]) -> list[str]:
+    return [r.decode() for r in raw]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where an invocation's per-key keys live (service + object key; key None for services)."""
+
+    partition: int
+    invocation_id: str
+    service: str
+    key: str | None
+
+    @property
+    def k(self) -> str:
+        return "" if self.key is None else self.key
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +70,22 @@ class Accepted:
     rv: bytes = b""
     expires_ms: int | None = None
     execution_time_ms: int | None = None
+    parents_notified: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class Completed:
-    """Reply of `complete`: retention end, and the inbox head that now holds the key lock."""
+class Applied:
+    """Reply of `apply`."""
 
-    ok: bool
-    status: str = ""  # status found when not ok
+    outcome: str  # OK (completed) | RESUME | SUSPENDED | BACKOFF | BAD_STATE
+    status: str = ""  # status found when BAD_STATE
     expires_ms: int | None = None
     next_id: str | None = None
     next_fields: dict[bytes, bytes] | None = None
     next_state: dict[bytes, bytes] | None = None
+    new_entries: list[bytes] = field(default_factory=list)  # RESUME: journal from the replayed length on
+    woken: list[str] = field(default_factory=list)  # other invocations woken by a promise completion
+    parents_notified: int = 0  # outbox entries queued for waiting parents (END)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +93,7 @@ class Started:
     outcome: str  # INVOKED | INBOXED | WAIT | GONE
     fields: dict[bytes, bytes] | None = None
     state: dict[bytes, bytes] | None = None
-
-
-def _int_or_none(raw: bytes | str | None) -> int | None:
-    if raw is None or raw == b"" or raw == "":
-        return None
-    return int(raw)
+    journal: list[bytes] | None = None
 
 
 class Scripts:
@@ -75,9 +102,10 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._accept = redis.register_script(_load("accept"))
-        self._complete = redis.register_script(_load("complete"))
+        self._apply = redis.register_script(_load("apply"))
         self._attempt_start = redis.register_script(_load("attempt_start"))
-        self._attempt_failed = redis.register_script(_load("attempt_failed"))
+        self._notify = redis.register_script(_load("notify"))
+        self._outbox_ack = redis.register_script(_load("outbox_ack"))
         self.lease_acquire = redis.register_script(_load("lease_acquire"))
         self.lease_renew = redis.register_script(_load("lease_renew"))
         self.lease_release = redis.register_script(_load("lease_release"))
@@ -90,128 +118,101 @@ class Scripts:
             SCRIPT_DURATION.labels(name).observe(time.perf_counter() - started)
 
     async def accept(
-        self,
-        partition: int,
-        token: str,
-        now_ms: int,
-        invocation_id: str,
-        kind: str,
-        service: str,
-        key: str | None,
-        execution_time_ms: int | None,
+        self, t: Target, token: str, now_ms: int, kind: str, execution_time_ms: int | None, parent: str,
         fields: list[Any],
     ) -> Accepted:
         """Create the invocation (or report the existing one). Raises Fenced."""
-        k = "" if key is None else key
+        p = t.partition
         reply = await self._run(
-            "accept",
-            self._accept,
-            [
-                keys.lease(partition),
-                keys.invocation(partition, invocation_id),
-                keys.active(partition),
-                keys.lock(partition, service, k),
-                keys.inbox(partition, service, k),
-                keys.state(partition, service, k),
-            ],
-            [token, now_ms, kind, "" if execution_time_ms is None else execution_time_ms, *fields],
+            "accept", self._accept,
+            [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), keys.lock(p, t.service, t.k),
+             keys.inbox(p, t.service, t.k), keys.state(p, t.service, t.k), keys.timers(p), keys.outbox(p)],
+            [token, now_ms, kind, "" if execution_time_ms is None else execution_time_ms, parent, *fields],
         )
         code = reply[0]
         if code == b"FENCED":
-            raise Fenced(partition)
+            raise Fenced(p)
         if code == b"INVOKED":
             return Accepted("INVOKED", state=_pairs(reply[1]))
         if code == b"DUP":
             return Accepted(
-                "DUP",
-                dup_status=reply[1].decode(),
-                rc=int(reply[2] or 0),
-                rm=reply[3].decode(),
-                rv=reply[4],
-                expires_ms=_int_or_none(reply[5]),
-                execution_time_ms=_int_or_none(reply[6]),
+                "DUP", dup_status=reply[1].decode(), rc=int(reply[2] or 0), rm=reply[3].decode(), rv=reply[4],
+                expires_ms=_int_or_none(reply[5]), execution_time_ms=_int_or_none(reply[6]),
+                parents_notified=int(reply[7]),
             )
         return Accepted(code.decode())
 
-    async def complete(
-        self,
-        partition: int,
-        token: str,
-        now_ms: int,
-        invocation_id: str,
-        service: str,
-        key: str | None,
-        rc: int,
-        rm: str,
-        rv: bytes,
-        state_ops: list[Any],
-    ) -> Completed:
-        """Store the result + state writes, release the lock, start the inbox head. Raises Fenced."""
-        k = "" if key is None else key
+    async def apply(
+        self, t: Target, token: str, now_ms: int, replayed_len: int, terminal: list[Any], attempts: int,
+        ops: list[Any],
+    ) -> Applied:
+        """Store one attempt's journal entries, effects and terminal message. Raises Fenced."""
+        p = t.partition
+        args = [token, now_ms, replayed_len, *terminal]
+        args += [""] * (7 - len(args))
+        args += [attempts, keys.invocation_prefix(p), keys.journal_prefix(p), *ops]
         reply = await self._run(
-            "complete",
-            self._complete,
-            [
-                keys.lease(partition),
-                keys.invocation(partition, invocation_id),
-                keys.active(partition),
-                keys.lock(partition, service, k),
-                keys.inbox(partition, service, k),
-                keys.state(partition, service, k),
-            ],
-            [token, now_ms, rc, rm, rv, keys.invocation_prefix(partition), *state_ops],
+            "apply", self._apply,
+            [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), keys.lock(p, t.service, t.k),
+             keys.inbox(p, t.service, t.k), keys.state(p, t.service, t.k), keys.journal(p, t.invocation_id),
+             keys.timers(p), keys.outbox(p), keys.promises(p, t.service, t.k),
+             keys.promise_waiters(p, t.service, t.k)],
+            args,
         )
         code = reply[0]
         if code == b"FENCED":
-            raise Fenced(partition)
+            raise Fenced(p)
         if code == b"BAD_STATE":
-            return Completed(False, status=reply[1].decode())
-        next_id = reply[2].decode() or None
-        return Completed(
-            True,
-            expires_ms=_int_or_none(reply[1]),
-            next_id=next_id,
-            next_fields=_pairs(reply[3]) if next_id else None,
-            next_state=_pairs(reply[4]) if next_id else None,
-        )
+            return Applied("BAD_STATE", status=reply[1].decode())
+        if code == b"OK":
+            next_id = reply[2].decode() or None
+            return Applied(
+                "OK", expires_ms=_int_or_none(reply[1]), next_id=next_id,
+                next_fields=_pairs(reply[3]) if next_id else None,
+                next_state=_pairs(reply[4]) if next_id else None, woken=_ids(reply[5]),
+                parents_notified=int(reply[6]),
+            )
+        if code == b"RESUME":
+            return Applied("RESUME", new_entries=list(reply[1]), woken=_ids(reply[2]))
+        return Applied(code.decode(), woken=_ids(reply[1]))
 
-    async def attempt_start(
-        self, partition: int, token: str, now_ms: int, invocation_id: str, service: str, key: str | None
-    ) -> Started:
-        """Move an active invocation to `invoked` and read its hash + state. Raises Fenced."""
-        k = "" if key is None else key
+    async def attempt_start(self, t: Target, token: str, now_ms: int, timer_member: str = "") -> Started:
+        """Move an invocation to `invoked` and read its hash, state and journal. Raises Fenced."""
+        p = t.partition
         reply = await self._run(
-            "attempt_start",
-            self._attempt_start,
-            [
-                keys.lease(partition),
-                keys.invocation(partition, invocation_id),
-                keys.lock(partition, service, k),
-                keys.inbox(partition, service, k),
-                keys.state(partition, service, k),
-            ],
-            [token, now_ms],
+            "attempt_start", self._attempt_start,
+            [keys.lease(p), keys.invocation(p, t.invocation_id), keys.lock(p, t.service, t.k),
+             keys.inbox(p, t.service, t.k), keys.state(p, t.service, t.k), keys.journal(p, t.invocation_id),
+             keys.timers(p), keys.active(p)],
+            [token, now_ms, timer_member],
         )
         code = reply[0]
         if code == b"FENCED":
-            raise Fenced(partition)
+            raise Fenced(p)
         if code == b"INVOKED":
-            return Started("INVOKED", _pairs(reply[1]), _pairs(reply[2]))
+            return Started("INVOKED", _pairs(reply[1]), _pairs(reply[2]), list(reply[3]))
         return Started(code.decode())
 
-    async def attempt_failed(
-        self, partition: int, token: str, now_ms: int, invocation_id: str, paused: bool,
-        retry_at_ms: int, message: str,
-    ) -> int | None:
-        """Record a failed attempt; returns the attempt count, None if no longer invoked. Raises Fenced."""
+    async def notify(
+        self, partition: int, invocation_id: str, token: str, now_ms: int, note_key: str, frame: bytes,
+        timer_member: str = "",
+    ) -> str:
+        """Append a notification once; returns APPLIED, WOKEN, DUP or GONE. Raises Fenced."""
+        p = partition
         reply = await self._run(
-            "attempt_failed",
-            self._attempt_failed,
-            [keys.lease(partition), keys.invocation(partition, invocation_id), keys.active(partition)],
-            [token, now_ms, "paused" if paused else "backing-off", retry_at_ms, message[:2000]],
+            "notify", self._notify,
+            [keys.lease(p), keys.invocation(p, invocation_id), keys.journal(p, invocation_id), keys.timers(p),
+             keys.active(p)],
+            [token, now_ms, note_key, frame, timer_member],
         )
-        if reply[0] == b"FENCED":
-            raise Fenced(partition)
-        if reply[0] == b"BAD_STATE":
-            return None
-        return int(reply[1])
+        code = reply[0]
+        if code == b"FENCED":
+            raise Fenced(p)
+        if code == b"APPLIED":
+            return "WOKEN" if int(reply[1]) else "APPLIED"
+        return code.decode()
+
+    async def outbox_ack(self, partition: int, token: str, count: int) -> bool:
+        reply = await self._run("outbox_ack", self._outbox_ack, [keys.lease(partition), keys.outbox(partition)],
+                                [token, count])
+        return bool(reply)

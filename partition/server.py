@@ -37,6 +37,15 @@ class PartitionServicer(pb_grpc.PartitionServiceServicer):
         RPCS.labels("Attach", "OK").inc()
         return resp
 
+    async def Deliver(self, request: pb.OutboxMessage, context: grpc.aio.ServicerContext) -> pb.DeliverResponse:
+        try:
+            resp = await self._service.deliver(request)
+        except PartitionError as e:
+            RPCS.labels("Deliver", e.code.name).inc()
+            await context.abort(e.code, str(e))
+        RPCS.labels("Deliver", "OK").inc()
+        return resp
+
     async def GetOutput(self, request: pb.InvocationRef, context: grpc.aio.ServicerContext) -> pb.OutputResponse:
         try:
             resp = await self._service.get_output(request)

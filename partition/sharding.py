@@ -42,6 +42,8 @@ service-level partition keys.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import random
@@ -51,13 +53,18 @@ from dataclasses import dataclass
 import xxhash
 
 __all__ = [
+    "AWAKEABLE_PREFIX",
     "INVOCATION_ID_PREFIX",
     "PARTITION_KEY_BUCKETS",
+    "AwakeableIdError",
     "InvocationId",
     "InvocationIdError",
+    "awakeable_id",
+    "child_invocation_id",
     "hash_str",
     "idempotent_invocation_id",
     "new_invocation_id",
+    "parse_awakeable_id",
     "partition_key_for_key",
     "partition_key_for_service",
     "partition_of",
@@ -364,3 +371,48 @@ def idempotent_invocation_id(
     else:
         pk = partition_key_for_service(service, idempotency_key)
     return InvocationId(pk, _uuid_of(*fields))
+
+
+_CALL_TAG = b"call"
+AWAKEABLE_PREFIX = "sign_1"
+
+
+def child_invocation_id(
+    parent_id: str, command_index: int, service: str, key: str | None, handler: str
+) -> InvocationId:
+    """Deterministic id of a call or one-way call made by command ``command_index`` of ``parent_id``.
+
+    The same command on every replay yields the same id, so a call re-delivered after a crash
+    finds the invocation it already created instead of creating a second one.
+    """
+    seed = f"{parent_id}/{command_index}"
+    fields = [_CALL_TAG, parent_id.encode(), str(command_index).encode(), service.encode()]
+    if key is not None:
+        fields.append(key.encode())
+    fields.append(handler.encode())
+    pk = partition_key_for_key(key) if key is not None else partition_key_for_service(service, seed)
+    return InvocationId(pk, _uuid_of(*fields))
+
+
+class AwakeableIdError(ValueError):
+    """An awakeable id that is not `sign_1` + base64url(invocation id bytes + u32 signal index)."""
+
+
+def awakeable_id(invocation_id: InvocationId, signal_index: int) -> str:
+    """The id the SDK hands out for the awakeable with ``signal_index`` of ``invocation_id``."""
+    raw = invocation_id.to_bytes() + signal_index.to_bytes(4, "big")
+    return AWAKEABLE_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def parse_awakeable_id(s: str) -> tuple[InvocationId, int]:
+    """(invocation id, signal index) of an awakeable id; raises AwakeableIdError."""
+    if not s.startswith(AWAKEABLE_PREFIX):
+        raise AwakeableIdError("bad awakeable id prefix")
+    body = s[len(AWAKEABLE_PREFIX):]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (ValueError, binascii.Error):
+        raise AwakeableIdError("bad awakeable id encoding") from None
+    if len(raw) != 28:
+        raise AwakeableIdError("bad awakeable id length")
+    return InvocationId.from_bytes(raw[:24]), int.from_bytes(raw[24:], "big")

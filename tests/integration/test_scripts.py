@@ -1,4 +1,5 @@
-"""Each partition Lua transition against a real Redis: fencing, dedup, key locks and inboxes."""
+"""Each partition Lua transition against a real Redis: fencing, dedup, key locks and inboxes,
+journals, suspension and wake-up, promises, timers and the outbox."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from partition import keys
+from partition import keys, protocol
+from partition.effects import decode_outbox
 from partition.errors import Fenced
-from partition.scripts import Scripts
+from partition.protocol import MessageType as T
+from partition.scripts import Scripts, Target
 from partition.sharding import idempotent_invocation_id
 
 P = 3
@@ -34,28 +37,32 @@ async def _lease(scripts: Scripts, worker: str = "w1") -> str:
     return tok.decode()
 
 
-def _id(n: int) -> str:
-    return str(idempotent_invocation_id("Counter", "k", "add", f"idem-{n}"))
+def _t(n: int, service: str = "Counter", key: str | None = "k") -> Target:
+    return Target(P, str(idempotent_invocation_id(service, key, "add", f"idem-{n}")), service, key)
 
 
-def _fields(svc: str = "Counter", key: str | None = "k") -> list[object]:
-    f: list[object] = ["svc", svc, "hdl", "add", "kind", "exclusive", "in", b"input", "cret", 0, "att", 0]
+def _fields(kind: str = "exclusive", cret: int = 0, key: str | None = "k") -> list[object]:
+    f: list[object] = ["svc", "Counter", "hdl", "add", "kind", kind, "in", b"input", "cret", cret, "att", 0]
     if key is not None:
         f += ["key", key]
     return f
 
 
-async def _accept(scripts: Scripts, token: str, inv: str, kind: str = "exclusive", exec_ms: int | None = None):
-    return await scripts.accept(P, token, 1000, inv, kind, "Counter", "k", exec_ms, _fields())
+async def _accept(scripts: Scripts, token: str, t: Target, kind: str = "exclusive", exec_ms: int | None = None,
+                  parent: str = "", cret: int = 0):
+    return await scripts.accept(t, token, 1000, kind, exec_ms, parent, _fields(kind, cret, t.key))
+
+
+def _end(rc: int = 0, rm: str = "", rv: bytes = b"") -> list[object]:
+    return ["END", rc, rm, rv]
 
 
 async def test_accept_creates_then_reports_duplicate(scripts: Scripts) -> None:
     tok = await _lease(scripts)
-    first = await _accept(scripts, tok, _id(1))
+    first = await _accept(scripts, tok, _t(1))
     assert first.outcome == "INVOKED"
-    again = await _accept(scripts, tok, _id(1))
-    assert again.outcome == "DUP"
-    assert again.dup_status == "invoked"
+    again = await _accept(scripts, tok, _t(1))
+    assert again.outcome == "DUP" and again.dup_status == "invoked"
 
 
 async def test_write_with_stale_fencing_token_is_refused(scripts: Scripts, redis: Redis) -> None:
@@ -64,15 +71,17 @@ async def test_write_with_stale_fencing_token_is_refused(scripts: Scripts, redis
     new = await _lease(scripts, "w2")
     assert new != old and new.endswith("|2")
     with pytest.raises(Fenced):
-        await _accept(scripts, old, _id(2))
-    assert not await redis.exists(keys.invocation(P, _id(2)))
-    # the same refusal holds for completions and failed-attempt records
-    assert (await _accept(scripts, new, _id(3))).outcome == "INVOKED"
+        await _accept(scripts, old, _t(2))
+    assert not await redis.exists(keys.invocation(P, _t(2).invocation_id))
+    t3 = _t(3)
+    assert (await _accept(scripts, new, t3)).outcome == "INVOKED"
     with pytest.raises(Fenced):
-        await scripts.complete(P, old, 2000, _id(3), "Counter", "k", 0, "", b"1", ["S", b"count", b"1"])
+        await scripts.apply(t3, old, 2000, 0, _end(rv=b"1"), 0, ["S", b"count", b"1"])
     with pytest.raises(Fenced):
-        await scripts.attempt_failed(P, old, 2000, _id(3), False, 3000, "boom")
-    assert await redis.hget(keys.invocation(P, _id(3)), "st") == b"invoked"
+        await scripts.notify(P, t3.invocation_id, old, 2000, "s1", b"frame")
+    with pytest.raises(Fenced):
+        await scripts.attempt_start(t3, old, 2000)
+    assert await redis.hget(keys.invocation(P, t3.invocation_id), "st") == b"invoked"
     assert not await redis.exists(keys.state(P, "Counter", "k"))
 
 
@@ -80,7 +89,7 @@ async def test_expired_lease_fences_its_former_owner(scripts: Scripts, redis: Re
     tok = await _lease(scripts)
     await redis.delete(keys.lease(P))  # what the TTL does when the owner stops renewing
     with pytest.raises(Fenced):
-        await _accept(scripts, tok, _id(4))
+        await _accept(scripts, tok, _t(4))
 
 
 async def test_lease_is_exclusive_and_epoch_grows(scripts: Scripts) -> None:
@@ -95,21 +104,19 @@ async def test_lease_is_exclusive_and_epoch_grows(scripts: Scripts) -> None:
 
 async def test_exclusive_invocations_queue_and_hand_over_the_lock(scripts: Scripts, redis: Redis) -> None:
     tok = await _lease(scripts)
-    a, b, c = _id(10), _id(11), _id(12)
+    a, b, c = _t(10), _t(11), _t(12)
     assert (await _accept(scripts, tok, a)).outcome == "INVOKED"
     assert (await _accept(scripts, tok, b)).outcome == "INBOXED"
     assert (await _accept(scripts, tok, c)).outcome == "INBOXED"
-    shared = await scripts.accept(P, tok, 1000, _id(13), "shared", "Counter", "k", None, _fields())
-    assert shared.outcome == "INVOKED"  # shared handlers never wait for the lock
+    assert (await _accept(scripts, tok, _t(13), "shared")).outcome == "INVOKED"  # shared never waits
 
-    done = await scripts.complete(P, tok, 2000, a, "Counter", "k", 0, "", b"1", ["S", b"count", b"1"])
-    assert done.ok and done.next_id == b and done.next_state == {b"count": b"1"}
+    done = await scripts.apply(a, tok, 2000, 0, _end(rv=b"1"), 0, ["S", b"count", b"1"])
+    assert done.outcome == "OK" and done.next_id == b.invocation_id and done.next_state == {b"count": b"1"}
     assert done.next_fields is not None and done.next_fields[b"st"] == b"invoked"
-    assert await redis.get(keys.lock(P, "Counter", "k")) == b.encode()
-
-    done = await scripts.complete(P, tok, 3000, b, "Counter", "k", 0, "", b"2", ["S", b"count", b"2"])
-    assert done.next_id == c
-    done = await scripts.complete(P, tok, 4000, c, "Counter", "k", 0, "", b"3", ["A"])
+    assert await redis.get(keys.lock(P, "Counter", "k")) == b.invocation_id.encode()
+    done = await scripts.apply(b, tok, 3000, 0, _end(rv=b"2"), 0, ["S", b"count", b"2"])
+    assert done.next_id == c.invocation_id
+    done = await scripts.apply(c, tok, 4000, 0, _end(rv=b"3"), 0, ["A"])
     assert done.next_id is None
     assert not await redis.exists(keys.lock(P, "Counter", "k"))
     assert not await redis.exists(keys.state(P, "Counter", "k"))
@@ -117,42 +124,124 @@ async def test_exclusive_invocations_queue_and_hand_over_the_lock(scripts: Scrip
 
 async def test_completion_is_retained_only_with_a_retention(scripts: Scripts, redis: Redis) -> None:
     tok = await _lease(scripts)
-    kept, dropped = _id(20), _id(21)
-    fields = _fields()
-    fields[fields.index("cret") + 1] = 60_000
-    await scripts.accept(P, tok, 1000, kept, "service", "Greeter", None, None, fields)
-    await scripts.accept(P, tok, 1000, dropped, "service", "Greeter", None, None, _fields())
-    done = await scripts.complete(P, tok, 5000, kept, "Greeter", None, 409, "nope", b"", [])
-    assert done.ok and done.expires_ms == 65_000
-    st, rc, rm = await redis.hmget(keys.invocation(P, kept), "st", "rc", "rm")
+    kept, dropped = _t(20, "Greeter", None), _t(21, "Greeter", None)
+    await _accept(scripts, tok, kept, "service", cret=60_000)
+    await _accept(scripts, tok, dropped, "service")
+    done = await scripts.apply(kept, tok, 5000, 0, _end(409, "nope"), 0, [])
+    assert done.outcome == "OK" and done.expires_ms == 65_000
+    st, rc, rm = await redis.hmget(keys.invocation(P, kept.invocation_id), "st", "rc", "rm")
     assert (st, rc, rm) == (b"completed", b"409", b"nope")
-    assert 0 < await redis.pttl(keys.invocation(P, kept)) <= 60_000
-    await scripts.complete(P, tok, 5000, dropped, "Greeter", None, 0, "", b"x", [])
-    assert not await redis.exists(keys.invocation(P, dropped))
+    assert 0 < await redis.pttl(keys.invocation(P, kept.invocation_id)) <= 60_000
+    await scripts.apply(dropped, tok, 5000, 0, _end(rv=b"x"), 0, [])
+    assert not await redis.exists(keys.invocation(P, dropped.invocation_id))
     assert await redis.smembers(keys.active(P)) == set()
-    # completing twice is refused rather than applied twice
-    again = await scripts.complete(P, tok, 6000, kept, "Greeter", None, 0, "", b"", [])
-    assert not again.ok and again.status == "completed"
+    again = await scripts.apply(kept, tok, 6000, 0, _end(), 0, [])
+    assert again.outcome == "BAD_STATE" and again.status == "completed"
 
 
-async def test_failed_attempt_backs_off_and_restarts(scripts: Scripts, redis: Redis) -> None:
+def _sleep_frame(cid: int) -> bytes:
+    return protocol.notification(T.SLEEP_COMPLETION, completion_id=cid, void=True)
+
+
+async def test_suspension_waits_and_a_notification_wakes_it(scripts: Scripts, redis: Redis) -> None:
     tok = await _lease(scripts)
-    inv = _id(30)
-    await _accept(scripts, tok, inv)
-    assert await scripts.attempt_failed(P, tok, 2000, inv, False, 2500, "boom") == 1
-    assert await redis.hget(keys.invocation(P, inv), "st") == b"backing-off"
-    started = await scripts.attempt_start(P, tok, 2600, inv, "Counter", "k")
+    t = _t(30)
+    await _accept(scripts, tok, t)
+    applied = await scripts.apply(t, tok, 2000, 0, ["SUSPEND", " c1 s1 "], 0,
+                                  ["J", b"sleep-cmd", "T", 5000, f"w|{t.invocation_id}|1"])
+    assert applied.outcome == "SUSPENDED"
+    inv = keys.invocation(P, t.invocation_id)
+    assert await redis.hget(inv, "st") == b"suspended"
+    assert t.invocation_id.encode() not in await redis.smembers(keys.active(P))
+    assert await redis.get(keys.lock(P, "Counter", "k")) == t.invocation_id.encode()  # keeps the lock
+    member = f"w|{t.invocation_id}|1"
+    assert await redis.zscore(keys.timers(P), member) == 5000
+    assert await scripts.notify(P, t.invocation_id, tok, 5000, "c1", _sleep_frame(1), member) == "WOKEN"
+    assert await scripts.notify(P, t.invocation_id, tok, 5000, "c1", _sleep_frame(1), member) == "DUP"
+    assert await redis.zscore(keys.timers(P), member) is None
+    started = await scripts.attempt_start(t, tok, 5001)
+    assert started.outcome == "INVOKED"
+    assert started.journal == [b"sleep-cmd", _sleep_frame(1)]
+
+
+async def test_suspension_on_an_existing_notification_resumes_at_once(scripts: Scripts) -> None:
+    """No lost wake-up: a notification stored before the suspension resumes it immediately."""
+    tok = await _lease(scripts)
+    t = _t(31)
+    await _accept(scripts, tok, t)
+    run_note = protocol.notification(T.RUN_COMPLETION, completion_id=1, value=b"42")
+    applied = await scripts.apply(t, tok, 2000, 0, ["SUSPEND", " c1 s1 "], 0,
+                                  ["J", b"run-cmd", "N", "c1", run_note])
+    assert applied.outcome == "RESUME" and applied.new_entries == [b"run-cmd", run_note]
+
+
+async def test_failed_attempt_backs_off_on_a_timer(scripts: Scripts, redis: Redis) -> None:
+    tok = await _lease(scripts)
+    t = _t(32)
+    await _accept(scripts, tok, t)
+    applied = await scripts.apply(t, tok, 2000, 0, ["ERROR", "backing-off", 2500, "boom"], 1, ["J", b"run-cmd"])
+    assert applied.outcome == "BACKOFF"
+    assert await redis.zscore(keys.timers(P), f"r|{t.invocation_id}") == 2500
+    started = await scripts.attempt_start(t, tok, 2600, f"r|{t.invocation_id}")
     assert started.outcome == "INVOKED" and started.fields is not None
-    assert started.fields[b"att"] == b"1"
-    assert inv.encode() in await redis.smembers(keys.active(P))
+    assert started.fields[b"att"] == b"1" and started.journal == [b"run-cmd"]
+    assert await redis.zscore(keys.timers(P), f"r|{t.invocation_id}") is None
+
+
+async def test_promise_completion_wakes_the_waiting_run(scripts: Scripts, redis: Redis) -> None:
+    tok = await _lease(scripts)
+    run = Target(P, str(idempotent_invocation_id("Signup", "w", "run", "x")), "Signup", "w")
+    approve = Target(P, str(idempotent_invocation_id("Signup", "w", "approve", "y")), "Signup", "w")
+    await scripts.accept(run, tok, 1000, "workflow", None, "", _fields("workflow", key="w"))
+    await scripts.accept(approve, tok, 1000, "shared", None, "", _fields("shared", key="w"))
+    waiting = await scripts.apply(run, tok, 2000, 0, ["SUSPEND", " c1 s1 "], 0, ["J", b"get", "PG", "ok", "1"])
+    assert waiting.outcome == "SUSPENDED"
+    value = b'\x2a\x05\x0a\x03"y"'  # NotificationTemplate.value = Value{content='"y"'}
+    failure = b"\x32\x02\x08\x01"
+    done = await scripts.apply(approve, tok, 3000, 0, ["SUSPEND", " c1 s1 "], 0,
+                               ["J", b"complete", "PC", "ok", "1", value, failure])
+    assert done.outcome == "RESUME" and done.woken == [run.invocation_id]
+    expected = protocol.notification(T.GET_PROMISE_COMPLETION, completion_id=1, value=b'"y"')
+    started = await scripts.attempt_start(run, tok, 3001)
+    assert started.journal == [b"get", expected]
+    # a second completion fails with the given failure instead of overwriting
+    again = await scripts.apply(approve, tok, 3002, 2, ["SUSPEND", " c2 "], 0,
+                                ["J", b"complete2", "PC", "ok", "2", b"\x2a\x00", failure])
+    assert again.outcome == "RESUME"
+    assert again.new_entries[-1] == protocol.notification(
+        T.COMPLETE_PROMISE_COMPLETION, completion_id=2, failure=(1, ""))
+
+
+async def test_child_result_is_queued_for_its_parent(scripts: Scripts, redis: Redis) -> None:
+    tok = await _lease(scripts)
+    child = _t(40, "Greeter", None)
+    await _accept(scripts, tok, child, "service", parent="inv_1parent|7|2,")
+    done = await scripts.apply(child, tok, 2000, 0, _end(rv=b'"hi"'), 0, [])
+    assert done.parents_notified == 1
+    msg = decode_outbox((await redis.lrange(keys.outbox(P), 0, -1))[0]).notify
+    assert (msg.partition, msg.invocation_id, msg.key) == (7, "inv_1parent", "c2")
+    assert msg.frame == protocol.notification(T.CALL_COMPLETION, completion_id=2, value=b'"hi"')
+    assert await scripts.outbox_ack(P, tok, 1)
+    assert await redis.llen(keys.outbox(P)) == 0
+
+
+async def test_scheduled_invocation_waits_for_its_timer(scripts: Scripts, redis: Redis) -> None:
+    tok = await _lease(scripts)
+    t = _t(50)
+    assert (await _accept(scripts, tok, t, exec_ms=9000)).outcome == "SCHEDULED"
+    assert await redis.zscore(keys.timers(P), f"s|{t.invocation_id}") == 9000
+    started = await scripts.attempt_start(t, tok, 9001, f"s|{t.invocation_id}")
+    assert started.outcome == "INVOKED"
+    assert await redis.get(keys.lock(P, "Counter", "k")) == t.invocation_id.encode()
 
 
 async def test_every_script_key_shares_the_partition_slot() -> None:
     from redis.crc import key_slot
 
-    inv = _id(40)
+    inv = _t(60).invocation_id
     names = [
-        keys.lease(P), keys.epoch(P), keys.invocation(P, inv), keys.active(P),
-        keys.lock(P, "Counter", "a:b{c}"), keys.inbox(P, "Counter", "x"), keys.state(P, "Counter", ""),
+        keys.lease(P), keys.epoch(P), keys.invocation(P, inv), keys.active(P), keys.lock(P, "Counter", "a:b{c}"),
+        keys.inbox(P, "Counter", "x"), keys.state(P, "Counter", ""), keys.journal(P, inv), keys.timers(P),
+        keys.outbox(P), keys.promises(P, "Signup", "w"), keys.promise_waiters(P, "Signup", "w"),
     ]
     assert len({key_slot(n.encode()) for n in names}) == 1

@@ -14,6 +14,12 @@ class HandlerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HANDLER_KIND_SHARED: _ClassVar[HandlerKind]
     HANDLER_KIND_WORKFLOW: _ClassVar[HandlerKind]
 
+class DeliverStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVER_STATUS_APPLIED: _ClassVar[DeliverStatus]
+    DELIVER_STATUS_DUPLICATE: _ClassVar[DeliverStatus]
+    DELIVER_STATUS_GONE: _ClassVar[DeliverStatus]
+
 class SendStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SEND_STATUS_ACCEPTED: _ClassVar[SendStatus]
@@ -28,6 +34,9 @@ HANDLER_KIND_SERVICE: HandlerKind
 HANDLER_KIND_EXCLUSIVE: HandlerKind
 HANDLER_KIND_SHARED: HandlerKind
 HANDLER_KIND_WORKFLOW: HandlerKind
+DELIVER_STATUS_APPLIED: DeliverStatus
+DELIVER_STATUS_DUPLICATE: DeliverStatus
+DELIVER_STATUS_GONE: DeliverStatus
 SEND_STATUS_ACCEPTED: SendStatus
 SEND_STATUS_PREVIOUSLY_ACCEPTED: SendStatus
 OUTPUT_STATUS_READY: OutputStatus
@@ -43,7 +52,7 @@ class Header(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("partition", "invocation_id", "service", "handler", "key", "kind", "body", "headers", "idempotency_key", "completion_retention_ms", "journal_retention_ms", "execution_time_ms", "wait")
+    __slots__ = ("partition", "invocation_id", "service", "handler", "key", "kind", "body", "headers", "idempotency_key", "completion_retention_ms", "journal_retention_ms", "execution_time_ms", "wait", "parent")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +66,7 @@ class InvokeRequest(_message.Message):
     JOURNAL_RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     partition: int
     invocation_id: str
     service: str
@@ -70,7 +80,44 @@ class InvokeRequest(_message.Message):
     journal_retention_ms: int
     execution_time_ms: int
     wait: bool
-    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[HandlerKind, str]] = ..., body: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., completion_retention_ms: _Optional[int] = ..., journal_retention_ms: _Optional[int] = ..., execution_time_ms: _Optional[int] = ..., wait: _Optional[bool] = ...) -> None: ...
+    parent: Parent
+    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[HandlerKind, str]] = ..., body: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., completion_retention_ms: _Optional[int] = ..., journal_retention_ms: _Optional[int] = ..., execution_time_ms: _Optional[int] = ..., wait: _Optional[bool] = ..., parent: _Optional[_Union[Parent, _Mapping]] = ...) -> None: ...
+
+class Parent(_message.Message):
+    __slots__ = ("invocation_id", "partition", "result_completion_id")
+    INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_COMPLETION_ID_FIELD_NUMBER: _ClassVar[int]
+    invocation_id: str
+    partition: int
+    result_completion_id: int
+    def __init__(self, invocation_id: _Optional[str] = ..., partition: _Optional[int] = ..., result_completion_id: _Optional[int] = ...) -> None: ...
+
+class Notification(_message.Message):
+    __slots__ = ("partition", "invocation_id", "key", "frame")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    invocation_id: str
+    key: str
+    frame: bytes
+    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., key: _Optional[str] = ..., frame: _Optional[bytes] = ...) -> None: ...
+
+class OutboxMessage(_message.Message):
+    __slots__ = ("invoke", "notify")
+    INVOKE_FIELD_NUMBER: _ClassVar[int]
+    NOTIFY_FIELD_NUMBER: _ClassVar[int]
+    invoke: InvokeRequest
+    notify: Notification
+    def __init__(self, invoke: _Optional[_Union[InvokeRequest, _Mapping]] = ..., notify: _Optional[_Union[Notification, _Mapping]] = ...) -> None: ...
+
+class DeliverResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: DeliverStatus
+    def __init__(self, status: _Optional[_Union[DeliverStatus, str]] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("value", "failure_code", "failure_message", "expires_ms")

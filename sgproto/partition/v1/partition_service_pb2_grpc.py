@@ -49,6 +49,11 @@ class PartitionServiceStub:
                 request_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvocationRef.SerializeToString,
                 response_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutputResponse.FromString,
                 _registered_method=True)
+        self.Deliver = channel.unary_unary(
+                '/sgproto.partition.v1.PartitionService/Deliver',
+                request_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutboxMessage.SerializeToString,
+                response_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.DeliverResponse.FromString,
+                _registered_method=True)
 
 
 class PartitionServiceServicer:
@@ -75,6 +80,14 @@ class PartitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deliver(self, request, context):
+        """Apply one message from another partition's outbox (or from the ingress: awakeable
+        completions). Idempotent: a message delivered twice is applied once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartitionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_PartitionServiceServicer_to_server(servicer, server):
                     servicer.GetOutput,
                     request_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvocationRef.FromString,
                     response_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutputResponse.SerializeToString,
+            ),
+            'Deliver': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deliver,
+                    request_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutboxMessage.FromString,
+                    response_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.DeliverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class PartitionService:
             '/sgproto.partition.v1.PartitionService/GetOutput',
             sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvocationRef.SerializeToString,
             sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deliver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgproto.partition.v1.PartitionService/Deliver',
+            sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutboxMessage.SerializeToString,
+            sgproto_dot_partition_dot_v1_dot_partition__service__pb2.DeliverResponse.FromString,
             options,
             channel_credentials,
             insecure,

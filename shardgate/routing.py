@@ -1,4 +1,4 @@
-"""Partition id -> owning worker's gRPC stub, from the routing hints workers publish.
+"""Routing table shared by ingress nodes and workers: partition id -> owning worker's gRPC stub, from the routing hints workers publish.
 
 Workers write `sg:routes` (partition -> "address|token") when they acquire a lease. The table
 is reloaded every second and at once when a worker answers NOT_LEADER or cannot be reached,
@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 from redis.asyncio import Redis
 
-from ingress.metrics import ROUTE_REFRESHES
 from partition import keys
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
 
@@ -31,8 +31,9 @@ _CHANNEL_OPTIONS = [
 
 
 class Router:
-    def __init__(self, redis: Redis, partitions: int) -> None:
+    def __init__(self, redis: Redis, partitions: int, on_refresh: Callable[[], None] | None = None) -> None:
         self._redis = redis
+        self._on_refresh = on_refresh
         self._routes: list[str | None] = [None] * partitions
         self._stubs: dict[str, pb_grpc.PartitionServiceStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -58,7 +59,8 @@ class Router:
 
     async def _load(self) -> None:
         raw = await self._redis.hgetall(keys.ROUTES)
-        ROUTE_REFRESHES.inc()
+        if self._on_refresh is not None:
+            self._on_refresh()
         routes: list[str | None] = [None] * len(self._routes)
         for p, v in raw.items():
             i = int(p)

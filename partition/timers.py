@@ -1,0 +1,79 @@
+"""Durable timers: one sorted set per partition (score = due ms), one loop per owned partition.
+
+The loop sleeps until the earliest entry is due (or until `poke()` says an earlier one was
+added: only the owner adds timers to its partitions, so an in-process signal is enough), then
+fires due entries in bounded batches. Firing is done by the owner's transitions, each of which
+removes its own member atomically with its effect, so a crash between firing and removal only
+fires the entry again, harmlessly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from partition import keys
+from partition.metrics import TIMER_LAG
+
+log = logging.getLogger(__name__)
+
+MAX_IDLE_S = 5.0  # re-check Redis at least this often, whatever the in-memory signal says
+BATCH = 256
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PartitionTimers:
+    def __init__(self, redis: Redis, partition: int, fire: Callable[[str], Awaitable[None]]) -> None:
+        self._redis = redis
+        self._key = keys.timers(partition)
+        self._partition = partition
+        self._fire = fire
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """An entry was added: re-evaluate the earliest due time."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                delay_s = await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("timer loop failed", extra={"partition": self._partition})
+                delay_s = 1.0
+            if delay_s <= 0:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay_s)
+            except TimeoutError:
+                pass
+
+    async def _tick(self) -> float:
+        """Fire what is due; return how long to sleep before the next check."""
+        now = now_ms()
+        due = await self._redis.zrangebyscore(self._key, "-inf", now, start=0, num=BATCH, withscores=True)
+        for member, score in due:
+            TIMER_LAG.observe(max(0.0, (now - score) / 1000))
+            try:
+                await self._fire(member.decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("firing timer %s failed", member, extra={"partition": self._partition})
+                return 0.5
+        if len(due) == BATCH:
+            return 0
+        nxt = await self._redis.zrange(self._key, 0, 0, withscores=True)
+        if not nxt:
+            return MAX_IDLE_S
+        return min(MAX_IDLE_S, max(0.0, (nxt[0][1] - now_ms()) / 1000))
