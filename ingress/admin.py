@@ -77,6 +77,7 @@ class AdminSettings:
     default_inactivity_timeout_ms: int = 60_000
     default_abort_timeout_ms: int = 600_000
     default_retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY
+    signer: Any = None  # request identity (partition.identity.RequestSigner) for discovery; None = unsigned
 
 
 class AdminError(Exception):
@@ -311,7 +312,8 @@ class AdminApi:
 
     async def _discover(self, uri: str, headers: dict[str, str]) -> tuple[Any, str | None]:
         try:
-            found = await discover_endpoint(self.http, uri, headers, self.settings.discovery_timeout_s)
+            found = await discover_endpoint(self.http, uri, headers, self.settings.discovery_timeout_s,
+                                            self.settings.signer)
         except DiscoveryError as exc:
             code = exc.restate_code
             raise AdminError(500, f"[{code}] [{code}] {exc.message}" if code else exc.message, code) from None

@@ -20,12 +20,12 @@ from ingress.dispatcher import Dispatcher
 from ingress.errors import (
     IngressError,
     InternalError,
-    MethodNotAllowed,
     NotFound,
     Overloaded,
     PayloadTooLarge,
 )
 from ingress.handlers.attach import handle_attach, handle_lookup, handle_target
+from ingress.handlers.awakeables import handle_awakeable
 from ingress.handlers.health import handle_health
 from ingress.handlers.invoke import handle_invoke
 from ingress.handlers.responses import error_response, ingress_error_response
@@ -132,9 +132,7 @@ def build_ingress_app(
                 return handle_health(request, targets)
             case Awakeable():
                 request[ROUTE_KEY] = "awakeable"
-                if request.method != "POST":
-                    raise MethodNotAllowed()
-                raise NotFound("not found")  # awakeables are not served by shardgate yet
+                return await handle_awakeable(request, parsed, dispatcher=dispatcher, partitions=partitions)
         raise NotFound("not found")  # pragma: no cover - every parsed type is matched above
 
     app = web.Application(

@@ -22,9 +22,10 @@ from ingress.api import IngressApiSettings, build_ingress_app
 from ingress.config import IngressConfig
 from ingress.grpc_dispatcher import GrpcDispatcher
 from ingress.metrics import ROUTE_REFRESHES, observe_request
-from shardgate.routing import Router
+from partition.identity import RequestSigner
 from shardgate.cluster import check_partition_count
 from shardgate.registry import RegistryCache, RegistryStore
+from shardgate.routing import Router
 
 
 @dataclass
@@ -88,7 +89,9 @@ class IngressNode:
     def admin_app(self) -> web.Application:
         """Admin API + /metrics; must be started after the ingress app (which opens the resources)."""
         assert self.http is not None, "start the ingress app first"
-        settings = AdminSettings(advertised_ingress_url=self.config.advertised_ingress_url)
+        key_file = self.config.request_identity_key_file
+        signer = RequestSigner.from_file(key_file) if key_file else None
+        settings = AdminSettings(advertised_ingress_url=self.config.advertised_ingress_url, signer=signer)
         app = build_admin_app(self.store, self.cache, self.http, settings)
 
         async def metrics(_: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shardgate.envconfig import env_float, env_int, env_opt_int, env_str, env_bool, mask_url
+from shardgate.envconfig import env_bool, env_float, env_int, env_opt_int, env_str, mask_url
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class IngressConfig:
     """How often the registry version is checked (SHARDGATE_REGISTRY_POLL_INTERVAL_S)."""
     redis_timeout_s: float = 5.0
     """Socket timeout of every Redis command (SHARDGATE_REDIS_TIMEOUT_S)."""
+    request_identity_key_file: str | None = None
+    """Ed25519 PKCS#8 PEM signing discovery requests; use the workers' key
+    (SHARDGATE_REQUEST_IDENTITY_KEY_FILE)."""
     log_level: str = "INFO"
     """SHARDGATE_LOG_LEVEL."""
     log_json: bool = True
@@ -61,6 +64,7 @@ class IngressConfig:
             call_timeout_s=env_float(env, "CALL_TIMEOUT_S", cls.call_timeout_s),
             registry_poll_interval_s=env_float(env, "REGISTRY_POLL_INTERVAL_S", cls.registry_poll_interval_s),
             redis_timeout_s=env_float(env, "REDIS_TIMEOUT_S", cls.redis_timeout_s),
+            request_identity_key_file=env_str(env, "REQUEST_IDENTITY_KEY_FILE", "") or None,
             log_level=env_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_json=env_bool(env, "LOG_JSON", cls.log_json),
         )

@@ -93,3 +93,8 @@ class Dispatcher(Protocol):
     async def get_output(self, invocation_id: str, partition: int) -> Outcome:
         """The result if completed and retained; else InvocationNotReady / InvocationNotFound."""
         ...
+
+    async def signal(self, invocation_id: str, partition: int, key: str, frame: bytes) -> None:
+        """Append a signal notification (awakeable completion) to an invocation's journal, once
+        per `key`. A target that does not exist (any more) is not an error."""
+        ...

@@ -18,9 +18,9 @@ import grpc
 from ingress.dispatcher import HandlerKind, InvocationRequest, Outcome, SendReceipt, SendStatus
 from ingress.errors import InvocationNotFound, InvocationNotReady, PartitionUnavailable
 from ingress.metrics import PARTITION_RPCS
-from shardgate.routing import Router
 from sgproto.partition.v1 import partition_service_pb2 as pb
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
+from shardgate.routing import Router
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -156,3 +156,12 @@ class GrpcDispatcher:
         if resp.status == pb.OUTPUT_STATUS_NOT_READY:
             raise InvocationNotReady("the invocation exists but has not completed yet")
         return _outcome(invocation_id, resp.result)
+
+    async def signal(self, invocation_id: str, partition: int, key: str, frame: bytes) -> None:
+        msg = pb.OutboxMessage(notify=pb.Notification(
+            partition=partition, invocation_id=invocation_id, key=key, frame=frame))
+
+        async def go(stub: pb_grpc.PartitionServiceStub, _: bool) -> None:
+            await stub.Deliver(msg, timeout=self._rpc_timeout_s)
+
+        await self._rpc("Deliver", partition, go)

@@ -167,7 +167,7 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class Awakeable:
-    """POST /restate/awakeables/{id}/resolve|reject (parsed only; not served yet)."""
+    """POST /restate/awakeables/{id}/resolve|reject (alias prefix /restate/a/)."""
 
     awakeable_id: str
     action: str  # "resolve" | "reject"

@@ -34,7 +34,7 @@ from sgproto.protocol.v1 import protocol_pb2 as pb
 from shardgate.schema import HandlerType, SchemaSnapshot, ServiceType
 
 CHILD_DEDUP_RETENTION_MS = 10 * 60 * 1000  # a called child's result is kept this long: re-delivered calls dedupe
-PROMISE_ALREADY_COMPLETED = (409, "promise already completed")
+PROMISE_ALREADY_COMPLETED = (409, "promise was already completed")
 CANCEL_SIGNAL = 1
 
 _KIND = {

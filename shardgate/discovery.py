@@ -142,18 +142,20 @@ def _manifest_version(content_type: str | None) -> int:
 
 
 async def discover_endpoint(
-    session: aiohttp.ClientSession, uri: str, additional_headers: dict[str, str], timeout_s: float
+    session: aiohttp.ClientSession, uri: str, additional_headers: dict[str, str], timeout_s: float,
+    signer: Any = None,
 ) -> Discovered:
     """Fetch and decode the manifest of the deployment at `uri`, retrying transient failures.
 
-    The whole call, retries included, ends within `timeout_s`. Raises `DiscoveryError`.
+    The whole call, retries included, ends within `timeout_s`. With a request-identity `signer`
+    every attempt carries a fresh token for the audience `/discover`. Raises `DiscoveryError`.
     """
     url = discover_url(uri)
-    headers = {**additional_headers, "accept": ACCEPT}
     deadline = time.monotonic() + timeout_s
     backoff_s = INITIAL_BACKOFF_S
     for attempt in range(1, MAX_ATTEMPTS + 1):
         remaining_s = deadline - time.monotonic()
+        headers = {**additional_headers, **(signer.headers("/discover") if signer else {}), "accept": ACCEPT}
         try:
             return await _attempt(session, url, headers, max(remaining_s, 0.001))
         except DiscoveryError as exc:

@@ -10,8 +10,10 @@ Semantics follow the spec's partition behaviour closely enough for HTTP-shape te
   a **call** attaches to the running invocation or replays the retained result with
   ``expires_ms``; a repeated call to a workflow ``run`` gets 409 ``the workflow method was
   already invoked``;
-* delayed sends stay *scheduled* until ``fire_due()`` runs them;
-* completed invocations are kept for ``completion_retention_ms`` (0 = forgotten at once);
+* delayed sends stay *scheduled* until ``fire_due()`` runs them, or, with ``auto_fire=True``,
+  start by themselves when due (as the partitions do);
+* completed invocations are kept for ``completion_retention_ms`` (0 = forgotten at once) and
+  are forgotten once ``expires_ms`` has passed (checked lazily on every lookup, against ``now_ms``);
 * ``attach`` waits for completion; ``get_output`` raises ``InvocationNotReady`` /
   ``InvocationNotFound``.
 """
@@ -50,6 +52,7 @@ class _Entry:
     scheduled: bool = False  # delayed send not started yet
     expires_ms: int | None = None  # set on completion when retained
     task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None  # auto_fire: starts a scheduled entry when due
 
     @property
     def done(self) -> bool:
@@ -63,7 +66,9 @@ class InMemoryDispatcher:
     default: Responder = echo
     now_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
     requests: list[InvocationRequest] = field(default_factory=list)  # every call/send received
+    signals: list[tuple[str, int, str, bytes]] = field(default_factory=list)  # every signal received
     fail_with: IngressError | None = None  # raised by the next call/send/attach/get_output
+    auto_fire: bool = False  # delayed sends start by themselves when due (else only via fire_due)
     _scripts: dict[tuple[str, str], Responder] = field(default_factory=dict)
     _entries: dict[str, _Entry] = field(default_factory=dict)
 
@@ -80,7 +85,7 @@ class InMemoryDispatcher:
     async def call(self, req: InvocationRequest) -> Outcome:
         self._maybe_fail()
         self.requests.append(req)
-        entry = self._entries.get(req.invocation_id)
+        entry = self._lookup(req.invocation_id)
         if entry is None:
             entry = self._accept(req)
         elif req.kind is HandlerKind.WORKFLOW:
@@ -92,7 +97,7 @@ class InMemoryDispatcher:
     async def send(self, req: InvocationRequest) -> SendReceipt:
         self._maybe_fail()
         self.requests.append(req)
-        entry = self._entries.get(req.invocation_id)
+        entry = self._lookup(req.invocation_id)
         if entry is not None:
             return SendReceipt(
                 req.invocation_id, SendStatus.PREVIOUSLY_ACCEPTED, entry.request.execution_time_ms
@@ -102,7 +107,7 @@ class InMemoryDispatcher:
 
     async def attach(self, invocation_id: str, partition: int) -> Outcome:
         self._maybe_fail()
-        entry = self._entries.get(invocation_id)
+        entry = self._lookup(invocation_id)
         if entry is None:
             raise InvocationNotFound("not found", invocation_id=invocation_id)
         if entry.done:
@@ -111,12 +116,16 @@ class InMemoryDispatcher:
 
     async def get_output(self, invocation_id: str, partition: int) -> Outcome:
         self._maybe_fail()
-        entry = self._entries.get(invocation_id)
+        entry = self._lookup(invocation_id)
         if entry is None:
             raise InvocationNotFound("invocation not found")
         if not entry.done:
             raise InvocationNotReady("the invocation exists but has not completed yet")
         return self._replay(entry)
+
+    async def signal(self, invocation_id: str, partition: int, key: str, frame: bytes) -> None:
+        self._maybe_fail()
+        self.signals.append((invocation_id, partition, key, frame))
 
     # ---- test controls ------------------------------------------------------------------------
 
@@ -126,13 +135,15 @@ class InMemoryDispatcher:
         started = 0
         for entry in list(self._entries.values()):
             if entry.scheduled and (entry.request.execution_time_ms or 0) <= now:
-                entry.scheduled = False
-                self._start(entry)
+                self._fire(entry)
                 started += 1
         return started
 
     async def close(self) -> None:
-        """Cancel invocations still running."""
+        """Cancel invocations still running (and pending auto_fire timers)."""
+        for entry in self._entries.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
         tasks = [e.task for e in self._entries.values() if e.task is not None and not e.task.done()]
         for task in tasks:
             task.cancel()
@@ -145,14 +156,34 @@ class InMemoryDispatcher:
             err, self.fail_with = self.fail_with, None
             raise err
 
+    def _lookup(self, invocation_id: str) -> _Entry | None:
+        """The entry with that id, unless its retained result has expired (then it is forgotten)."""
+        entry = self._entries.get(invocation_id)
+        if entry is not None and entry.expires_ms is not None and entry.expires_ms <= self.now_ms():
+            del self._entries[invocation_id]
+            return None
+        return entry
+
     def _accept(self, req: InvocationRequest) -> _Entry:
-        entry = _Entry(req, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        entry = _Entry(req, loop.create_future())
         self._entries[req.invocation_id] = entry
-        if req.execution_time_ms is not None and req.execution_time_ms > self.now_ms():
+        now = self.now_ms()
+        if req.execution_time_ms is not None and req.execution_time_ms > now:
             entry.scheduled = True
+            if self.auto_fire:
+                entry.timer = loop.call_later((req.execution_time_ms - now) / 1000, self._fire, entry)
         else:
             self._start(entry)
         return entry
+
+    def _fire(self, entry: _Entry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        if entry.scheduled:
+            entry.scheduled = False
+            self._start(entry)
 
     def _start(self, entry: _Entry) -> None:
         entry.task = asyncio.get_running_loop().create_task(self._run(entry))

@@ -1019,3 +1019,28 @@ async def test_metrics_hook(env: Env) -> None:
         ("health", 200),
     ]
     assert all(seconds >= 0 for *_, seconds in env.observed)
+
+
+# ---- awakeables --------------------------------------------------------------------------------
+
+async def test_awakeable_resolve_appends_a_signal_and_answers_202(env: Env) -> None:
+    from partition import protocol
+    from partition.sharding import InvocationId, awakeable_id, partition_of
+
+    target = InvocationId(0x1234 << 40, 0x42)
+    awk = awakeable_id(target, 17)
+    r = await env.req("POST", f"/restate/awakeables/{awk}/resolve", json_body="v")
+    assert r.status == 202 and await r.read() == b""
+    inv, partition, key, frame = env.dispatcher.signals[-1]
+    assert (inv, partition, key) == (str(target), partition_of(0x1234 << 40, PARTITIONS), "s17")
+    assert frame == protocol.notification(protocol.MessageType.SIGNAL_NOTIFICATION, signal_id=17, value=b'"v"')
+    r = await env.req("POST", f"/restate/a/{awk}/reject", data=b"boom")
+    assert r.status == 202
+    assert env.dispatcher.signals[-1][3] == protocol.notification(
+        protocol.MessageType.SIGNAL_NOTIFICATION, signal_id=17, failure=(500, "boom"))
+
+
+async def test_malformed_awakeable_id_is_400(env: Env) -> None:
+    r = await env.req("POST", "/restate/awakeables/garbage/resolve", json_body="x")
+    assert r.status == 400
+    assert await r.json() == {"code": 400, "message": "bad awakeable id 'garbage': bad format", "source": "ingress"}
