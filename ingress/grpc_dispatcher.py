@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -123,12 +124,14 @@ class GrpcDispatcher:
 
     async def send(self, req: InvocationRequest) -> SendReceipt:
         msg = self._invoke_request(req, False)
+        # The worker keeps the nonce with the invocation it creates, so a re-send of this very
+        # request after a lost answer is told Accepted, and any other duplicate PreviouslyAccepted.
+        msg.request_nonce = os.urandom(8)
 
-        async def go(stub: pb_grpc.PartitionServiceStub, retried: bool) -> SendReceipt:
+        async def go(stub: pb_grpc.PartitionServiceStub, _: bool) -> SendReceipt:
             resp = await stub.Invoke(msg, timeout=self._rpc_timeout_s)
             status = SendStatus.ACCEPTED
-            # A duplicate found by our own re-send is the request that created it.
-            if resp.send_status == pb.SEND_STATUS_PREVIOUSLY_ACCEPTED and not retried:
+            if resp.send_status == pb.SEND_STATUS_PREVIOUSLY_ACCEPTED:
                 status = SendStatus.PREVIOUSLY_ACCEPTED
             exec_ms = resp.execution_time_ms if resp.HasField("execution_time_ms") else None
             return SendReceipt(req.invocation_id, status, exec_ms)

@@ -71,6 +71,7 @@ class Accepted:
     expires_ms: int | None = None
     execution_time_ms: int | None = None
     parents_notified: int = 0
+    request_nonce: bytes = b""  # DUP: the nonce of the request that created the invocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +139,7 @@ class Scripts:
             return Accepted(
                 "DUP", dup_status=reply[1].decode(), rc=int(reply[2] or 0), rm=reply[3].decode(), rv=reply[4],
                 expires_ms=_int_or_none(reply[5]), execution_time_ms=_int_or_none(reply[6]),
-                parents_notified=int(reply[7]),
+                parents_notified=int(reply[7]), request_nonce=reply[8],
             )
         return Accepted(code.decode())
 

@@ -160,6 +160,8 @@ class PartitionService:
             fields += ("key", key)
         if req.HasField("idempotency_key"):
             fields += ("idem", req.idempotency_key)
+        if req.request_nonce:
+            fields += ("rq", req.request_nonce)
         parent = ""
         if req.HasField("parent"):
             parent = f"{req.parent.invocation_id}|{req.parent.partition}|{req.parent.result_completion_id},"
@@ -196,7 +198,7 @@ class PartitionService:
             req.execution_time_ms if acc.outcome == "SCHEDULED" else None)
         if exec_ms is not None:
             resp.execution_time_ms = exec_ms
-        if acc.outcome == "DUP" and not req.wait:
+        if acc.outcome == "DUP" and not req.wait and not (req.request_nonce and acc.request_nonce == req.request_nonce):
             resp.send_status = pb.SEND_STATUS_PREVIOUSLY_ACCEPTED
         if waiter is None:
             return resp

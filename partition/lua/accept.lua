@@ -6,12 +6,13 @@
 -- ARGV[6..]=field,value pairs of the new invocation hash
 -- A duplicate called by a parent answers that parent too: at once through the outbox when
 -- completed, else by joining the invocation's waiting parents (`pars`).
--- returns {'FENCED'} | {'DUP', status, rc, rm, rv, exp, exec, parents notified} | {'SCHEDULED'}
+-- returns {'FENCED'} | {'DUP', status, rc, rm, rv, exp, exec, parents notified, request nonce}
+--       | {'SCHEDULED'}
 --       | {'INBOXED'} | {'INVOKED', {state field,value ...}}
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {'FENCED'}
 end
-local existing = redis.call('HMGET', KEYS[2], 'st', 'rc', 'rm', 'rv', 'exp', 'exec', 'pars')
+local existing = redis.call('HMGET', KEYS[2], 'st', 'rc', 'rm', 'rv', 'exp', 'exec', 'pars', 'rq')
 if existing[1] then
   local notified = 0
   if ARGV[5] ~= '' then
@@ -22,7 +23,7 @@ if existing[1] then
     end
   end
   return {'DUP', existing[1], existing[2] or '', existing[3] or '', existing[4] or '', existing[5] or '',
-          existing[6] or '', notified}
+          existing[6] or '', notified, existing[8] or ''}
 end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[2], 'pars', ARGV[5])

@@ -27,12 +27,17 @@ local id = string.sub(KEYS[2], #KEYS[2] - 37)
 local now = ARGV[2]
 local woken = {}
 
+local grew = false
+
 local function append_note(inv_key, journal_key, key, frame)
   if redis.call('HEXISTS', inv_key, 'n:' .. key) == 1 then
     return false
   end
   redis.call('RPUSH', journal_key, frame)
   redis.call('HSET', inv_key, 'n:' .. key, '1')
+  if inv_key == KEYS[2] then
+    grew = true
+  end
   return true
 end
 
@@ -42,6 +47,7 @@ while i <= #ARGV do
   local op = ARGV[i]
   if op == 'J' then
     redis.call('RPUSH', KEYS[7], ARGV[i + 1])
+    grew = true
     i = i + 2
   elseif op == 'N' then
     append_note(KEYS[2], KEYS[7], ARGV[i + 1], ARGV[i + 2])
@@ -109,6 +115,9 @@ end
 
 local terminal = ARGV[4]
 redis.call('HSET', KEYS[2], 'att', ARGV[8], 'mt', now)
+if grew then
+  redis.call('HSET', KEYS[2], 'lg', now)  -- when the journal last grew (duration_since_last_stored_entry)
+end
 if terminal == 'SUSPEND' then
   for key in string.gmatch(ARGV[5], '%S+') do
     if redis.call('HEXISTS', KEYS[2], 'n:' .. key) == 1 then

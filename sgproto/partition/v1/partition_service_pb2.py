@@ -24,41 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,sgproto/partition/v1/partition_service.proto\x12\x14sgproto.partition.v1\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xc6\x03\n\rInvokeRequest\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rinvocation_id\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x10\n\x03key\x18\x05 \x01(\tH\x00\x88\x01\x01\x12/\n\x04kind\x18\x06 \x01(\x0e\x32!.sgproto.partition.v1.HandlerKind\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12-\n\x07headers\x18\x08 \x03(\x0b\x32\x1c.sgproto.partition.v1.Header\x12\x1c\n\x0fidempotency_key\x18\t \x01(\tH\x01\x88\x01\x01\x12\x1f\n\x17\x63ompletion_retention_ms\x18\n \x01(\x04\x12\x1c\n\x14journal_retention_ms\x18\x0b \x01(\x04\x12\x1e\n\x11\x65xecution_time_ms\x18\x0c \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04wait\x18\r \x01(\x08\x12,\n\x06parent\x18\x0e \x01(\x0b\x32\x1c.sgproto.partition.v1.ParentB\x06\n\x04_keyB\x12\n\x10_idempotency_keyB\x14\n\x12_execution_time_ms\"P\n\x06Parent\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\x1c\n\x14result_completion_id\x18\x03 \x01(\r\"T\n\x0cNotification\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rinvocation_id\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\r\n\x05\x66rame\x18\x04 \x01(\x0c\"\x87\x01\n\rOutboxMessage\x12\x35\n\x06invoke\x18\x01 \x01(\x0b\x32#.sgproto.partition.v1.InvokeRequestH\x00\x12\x34\n\x06notify\x18\x02 \x01(\x0b\x32\".sgproto.partition.v1.NotificationH\x00\x42\t\n\x07message\"F\n\x0f\x44\x65liverResponse\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.sgproto.partition.v1.DeliverStatus\"n\n\x06Result\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x14\n\x0c\x66\x61ilure_code\x18\x02 \x01(\r\x12\x17\n\x0f\x66\x61ilure_message\x18\x03 \x01(\t\x12\x17\n\nexpires_ms\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\r\n\x0b_expires_ms\"\xc2\x01\n\x0eInvokeResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x35\n\x0bsend_status\x18\x02 \x01(\x0e\x32 .sgproto.partition.v1.SendStatus\x12\x1e\n\x11\x65xecution_time_ms\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12,\n\x06result\x18\x04 \x01(\x0b\x32\x1c.sgproto.partition.v1.ResultB\x14\n\x12_execution_time_ms\"9\n\rInvocationRef\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rinvocation_id\x18\x02 \x01(\t\"r\n\x0eOutputResponse\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".sgproto.partition.v1.OutputStatus\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.sgproto.partition.v1.Result*w\n\x0bHandlerKind\x12\x18\n\x14HANDLER_KIND_SERVICE\x10\x00\x12\x1a\n\x16HANDLER_KIND_EXCLUSIVE\x10\x01\x12\x17\n\x13HANDLER_KIND_SHARED\x10\x02\x12\x19\n\x15HANDLER_KIND_WORKFLOW\x10\x03*b\n\rDeliverStatus\x12\x1a\n\x16\x44\x45LIVER_STATUS_APPLIED\x10\x00\x12\x1c\n\x18\x44\x45LIVER_STATUS_DUPLICATE\x10\x01\x12\x17\n\x13\x44\x45LIVER_STATUS_GONE\x10\x02*K\n\nSendStatus\x12\x18\n\x14SEND_STATUS_ACCEPTED\x10\x00\x12#\n\x1fSEND_STATUS_PREVIOUSLY_ACCEPTED\x10\x01*a\n\x0cOutputStatus\x12\x17\n\x13OUTPUT_STATUS_READY\x10\x00\x12\x1b\n\x17OUTPUT_STATUS_NOT_READY\x10\x01\x12\x1b\n\x17OUTPUT_STATUS_NOT_FOUND\x10\x02\x32\xeb\x02\n\x10PartitionService\x12S\n\x06Invoke\x12#.sgproto.partition.v1.InvokeRequest\x1a$.sgproto.partition.v1.InvokeResponse\x12S\n\x06\x41ttach\x12#.sgproto.partition.v1.InvocationRef\x1a$.sgproto.partition.v1.InvokeResponse\x12V\n\tGetOutput\x12#.sgproto.partition.v1.InvocationRef\x1a$.sgproto.partition.v1.OutputResponse\x12U\n\x07\x44\x65liver\x12#.sgproto.partition.v1.OutboxMessage\x1a%.sgproto.partition.v1.DeliverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,sgproto/partition/v1/partition_service.proto\x12\x14sgproto.partition.v1\"$\n\x06Header\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xdd\x03\n\rInvokeRequest\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rinvocation_id\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x10\n\x03key\x18\x05 \x01(\tH\x00\x88\x01\x01\x12/\n\x04kind\x18\x06 \x01(\x0e\x32!.sgproto.partition.v1.HandlerKind\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12-\n\x07headers\x18\x08 \x03(\x0b\x32\x1c.sgproto.partition.v1.Header\x12\x1c\n\x0fidempotency_key\x18\t \x01(\tH\x01\x88\x01\x01\x12\x1f\n\x17\x63ompletion_retention_ms\x18\n \x01(\x04\x12\x1c\n\x14journal_retention_ms\x18\x0b \x01(\x04\x12\x1e\n\x11\x65xecution_time_ms\x18\x0c \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04wait\x18\r \x01(\x08\x12,\n\x06parent\x18\x0e \x01(\x0b\x32\x1c.sgproto.partition.v1.Parent\x12\x15\n\rrequest_nonce\x18\x0f \x01(\x0c\x42\x06\n\x04_keyB\x12\n\x10_idempotency_keyB\x14\n\x12_execution_time_ms\"P\n\x06Parent\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\x1c\n\x14result_completion_id\x18\x03 \x01(\r\"T\n\x0cNotification\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rinvocation_id\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\r\n\x05\x66rame\x18\x04 \x01(\x0c\"\x87\x01\n\rOutboxMessage\x12\x35\n\x06invoke\x18\x01 \x01(\x0b\x32#.sgproto.partition.v1.InvokeRequestH\x00\x12\x34\n\x06notify\x18\x02 \x01(\x0b\x32\".sgproto.partition.v1.NotificationH\x00\x42\t\n\x07message\"F\n\x0f\x44\x65liverResponse\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.sgproto.partition.v1.DeliverStatus\"n\n\x06Result\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x14\n\x0c\x66\x61ilure_code\x18\x02 \x01(\r\x12\x17\n\x0f\x66\x61ilure_message\x18\x03 \x01(\t\x12\x17\n\nexpires_ms\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\r\n\x0b_expires_ms\"\xc2\x01\n\x0eInvokeResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x35\n\x0bsend_status\x18\x02 \x01(\x0e\x32 .sgproto.partition.v1.SendStatus\x12\x1e\n\x11\x65xecution_time_ms\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12,\n\x06result\x18\x04 \x01(\x0b\x32\x1c.sgproto.partition.v1.ResultB\x14\n\x12_execution_time_ms\"9\n\rInvocationRef\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x15\n\rinvocation_id\x18\x02 \x01(\t\"r\n\x0eOutputResponse\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".sgproto.partition.v1.OutputStatus\x12,\n\x06result\x18\x02 \x01(\x0b\x32\x1c.sgproto.partition.v1.Result*w\n\x0bHandlerKind\x12\x18\n\x14HANDLER_KIND_SERVICE\x10\x00\x12\x1a\n\x16HANDLER_KIND_EXCLUSIVE\x10\x01\x12\x17\n\x13HANDLER_KIND_SHARED\x10\x02\x12\x19\n\x15HANDLER_KIND_WORKFLOW\x10\x03*b\n\rDeliverStatus\x12\x1a\n\x16\x44\x45LIVER_STATUS_APPLIED\x10\x00\x12\x1c\n\x18\x44\x45LIVER_STATUS_DUPLICATE\x10\x01\x12\x17\n\x13\x44\x45LIVER_STATUS_GONE\x10\x02*K\n\nSendStatus\x12\x18\n\x14SEND_STATUS_ACCEPTED\x10\x00\x12#\n\x1fSEND_STATUS_PREVIOUSLY_ACCEPTED\x10\x01*a\n\x0cOutputStatus\x12\x17\n\x13OUTPUT_STATUS_READY\x10\x00\x12\x1b\n\x17OUTPUT_STATUS_NOT_READY\x10\x01\x12\x1b\n\x17OUTPUT_STATUS_NOT_FOUND\x10\x02\x32\xeb\x02\n\x10PartitionService\x12S\n\x06Invoke\x12#.sgproto.partition.v1.InvokeRequest\x1a$.sgproto.partition.v1.InvokeResponse\x12S\n\x06\x41ttach\x12#.sgproto.partition.v1.InvocationRef\x1a$.sgproto.partition.v1.InvokeResponse\x12V\n\tGetOutput\x12#.sgproto.partition.v1.InvocationRef\x1a$.sgproto.partition.v1.OutputResponse\x12U\n\x07\x44\x65liver\x12#.sgproto.partition.v1.OutboxMessage\x1a%.sgproto.partition.v1.DeliverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sgproto.partition.v1.partition_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HANDLERKIND']._serialized_start=1427
-  _globals['_HANDLERKIND']._serialized_end=1546
-  _globals['_DELIVERSTATUS']._serialized_start=1548
-  _globals['_DELIVERSTATUS']._serialized_end=1646
-  _globals['_SENDSTATUS']._serialized_start=1648
-  _globals['_SENDSTATUS']._serialized_end=1723
-  _globals['_OUTPUTSTATUS']._serialized_start=1725
-  _globals['_OUTPUTSTATUS']._serialized_end=1822
+  _globals['_HANDLERKIND']._serialized_start=1450
+  _globals['_HANDLERKIND']._serialized_end=1569
+  _globals['_DELIVERSTATUS']._serialized_start=1571
+  _globals['_DELIVERSTATUS']._serialized_end=1669
+  _globals['_SENDSTATUS']._serialized_start=1671
+  _globals['_SENDSTATUS']._serialized_end=1746
+  _globals['_OUTPUTSTATUS']._serialized_start=1748
+  _globals['_OUTPUTSTATUS']._serialized_end=1845
   _globals['_HEADER']._serialized_start=70
   _globals['_HEADER']._serialized_end=106
   _globals['_INVOKEREQUEST']._serialized_start=109
-  _globals['_INVOKEREQUEST']._serialized_end=563
-  _globals['_PARENT']._serialized_start=565
-  _globals['_PARENT']._serialized_end=645
-  _globals['_NOTIFICATION']._serialized_start=647
-  _globals['_NOTIFICATION']._serialized_end=731
-  _globals['_OUTBOXMESSAGE']._serialized_start=734
-  _globals['_OUTBOXMESSAGE']._serialized_end=869
-  _globals['_DELIVERRESPONSE']._serialized_start=871
-  _globals['_DELIVERRESPONSE']._serialized_end=941
-  _globals['_RESULT']._serialized_start=943
-  _globals['_RESULT']._serialized_end=1053
-  _globals['_INVOKERESPONSE']._serialized_start=1056
-  _globals['_INVOKERESPONSE']._serialized_end=1250
-  _globals['_INVOCATIONREF']._serialized_start=1252
-  _globals['_INVOCATIONREF']._serialized_end=1309
-  _globals['_OUTPUTRESPONSE']._serialized_start=1311
-  _globals['_OUTPUTRESPONSE']._serialized_end=1425
-  _globals['_PARTITIONSERVICE']._serialized_start=1825
-  _globals['_PARTITIONSERVICE']._serialized_end=2188
+  _globals['_INVOKEREQUEST']._serialized_end=586
+  _globals['_PARENT']._serialized_start=588
+  _globals['_PARENT']._serialized_end=668
+  _globals['_NOTIFICATION']._serialized_start=670
+  _globals['_NOTIFICATION']._serialized_end=754
+  _globals['_OUTBOXMESSAGE']._serialized_start=757
+  _globals['_OUTBOXMESSAGE']._serialized_end=892
+  _globals['_DELIVERRESPONSE']._serialized_start=894
+  _globals['_DELIVERRESPONSE']._serialized_end=964
+  _globals['_RESULT']._serialized_start=966
+  _globals['_RESULT']._serialized_end=1076
+  _globals['_INVOKERESPONSE']._serialized_start=1079
+  _globals['_INVOKERESPONSE']._serialized_end=1273
+  _globals['_INVOCATIONREF']._serialized_start=1275
+  _globals['_INVOCATIONREF']._serialized_end=1332
+  _globals['_OUTPUTRESPONSE']._serialized_start=1334
+  _globals['_OUTPUTRESPONSE']._serialized_end=1448
+  _globals['_PARTITIONSERVICE']._serialized_start=1848
+  _globals['_PARTITIONSERVICE']._serialized_end=2211
 # @@protoc_insertion_point(module_scope)

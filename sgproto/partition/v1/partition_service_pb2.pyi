@@ -52,7 +52,7 @@ class Header(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("partition", "invocation_id", "service", "handler", "key", "kind", "body", "headers", "idempotency_key", "completion_retention_ms", "journal_retention_ms", "execution_time_ms", "wait", "parent")
+    __slots__ = ("partition", "invocation_id", "service", "handler", "key", "kind", "body", "headers", "idempotency_key", "completion_retention_ms", "journal_retention_ms", "execution_time_ms", "wait", "parent", "request_nonce")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class InvokeRequest(_message.Message):
     EXECUTION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_NONCE_FIELD_NUMBER: _ClassVar[int]
     partition: int
     invocation_id: str
     service: str
@@ -81,7 +82,8 @@ class InvokeRequest(_message.Message):
     execution_time_ms: int
     wait: bool
     parent: Parent
-    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[HandlerKind, str]] = ..., body: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., completion_retention_ms: _Optional[int] = ..., journal_retention_ms: _Optional[int] = ..., execution_time_ms: _Optional[int] = ..., wait: _Optional[bool] = ..., parent: _Optional[_Union[Parent, _Mapping]] = ...) -> None: ...
+    request_nonce: bytes
+    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[HandlerKind, str]] = ..., body: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., completion_retention_ms: _Optional[int] = ..., journal_retention_ms: _Optional[int] = ..., execution_time_ms: _Optional[int] = ..., wait: _Optional[bool] = ..., parent: _Optional[_Union[Parent, _Mapping]] = ..., request_nonce: _Optional[bytes] = ...) -> None: ...
 
 class Parent(_message.Message):
     __slots__ = ("invocation_id", "partition", "result_completion_id")
