@@ -38,8 +38,7 @@ class AttemptInput:
     partial_state: bool
     retry_count: int
     duration_since_last_entry_ms: int
-    abort_timeout_s: float
-    inactivity_timeout_s: float
+    attempt_timeout_s: float  # inactivity + abort timeout: then the attempt is aborted and retried
 
 
 def random_seed(invocation_id: str) -> int:
@@ -93,8 +92,7 @@ class Invoker:
         if self._signer is not None:
             headers.update(self._signer.headers(path))
         body = b"".join((start, inp.input_frame, *inp.journal))
-        timeout = aiohttp.ClientTimeout(total=inp.abort_timeout_s, sock_connect=self._connect_timeout_s,
-                                        sock_read=inp.inactivity_timeout_s or None)
+        timeout = aiohttp.ClientTimeout(total=inp.attempt_timeout_s, sock_connect=self._connect_timeout_s)
         data = await self._post(deployment.uri.rstrip("/") + path, body, headers, ct, timeout)
         try:
             return protocol.decode_frames(data)

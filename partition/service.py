@@ -428,8 +428,10 @@ class PartitionService:
             state={} if lazy else run.state, partial_state=lazy or not keyed,
             retry_count=int(run.fields.get(b"att", b"0")),
             duration_since_last_entry_ms=max(0, now_ms() - int(run.fields.get(b"lg", b"0") or 0)),
-            abort_timeout_s=setting("abort_timeout_ms", DEFAULT_ABORT_TIMEOUT_MS) / 1000,
-            inactivity_timeout_s=setting("inactivity_timeout_ms", DEFAULT_INACTIVITY_TIMEOUT_MS) / 1000,
+            # Request-response: the request body is closed at once, so the inactivity timeout
+            # (which would ask the SDK to suspend) runs out first, then the abort timeout.
+            attempt_timeout_s=(setting("inactivity_timeout_ms", DEFAULT_INACTIVITY_TIMEOUT_MS)
+                               + setting("abort_timeout_ms", DEFAULT_ABORT_TIMEOUT_MS)) / 1000,
         )
         async with self._slots:
             IN_FLIGHT.inc()

@@ -254,6 +254,17 @@ async def test_run_result_is_journaled_and_side_effect_runs_once(target: Target)
 
 
 @pytest.mark.timeout(30)
+async def test_stalled_attempt_is_aborted_after_the_manifest_timeouts(target: Target) -> None:
+    name = unique("stall")
+    started = time.monotonic()
+    # inactivity 300 ms + abort 300 ms from the manifest: the hanging first attempt is aborted
+    # long before its 30 s sleep ends, and the retry answers.
+    assert await target.call("Stalling/stall_once", name) == (200, 2)
+    assert time.monotonic() - started < 15
+    assert target.counter(name) == 2
+
+
+@pytest.mark.timeout(30)
 async def test_run_is_retried_until_it_succeeds(target: Target) -> None:
     name = unique("flaky")
     # The closure fails on its 1st and 2nd execution; max_attempts=5 lets the 3rd one succeed.

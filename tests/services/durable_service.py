@@ -66,6 +66,7 @@ Services
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import re
@@ -377,4 +378,19 @@ async def long(ctx: Context, ms: int) -> str:
     return "woke"
 
 
-app = restate.app(services=[durable, middle, leaf, ledger, lazy_ledger, approval, sleepy])
+# Per-service time limits from the manifest: an attempt that stalls past the inactivity plus
+# abort timeouts is aborted and retried.
+stalling = restate.Service("Stalling", inactivity_timeout=timedelta(milliseconds=300),
+                           abort_timeout=timedelta(milliseconds=300), invocation_retry_policy=FAST_RETRIES)
+
+
+@stalling.handler()
+async def stall_once(ctx: Context, name: str) -> int:
+    """Hangs (without any durable step) on its first attempt; answers the attempt number after."""
+    attempt = bump_counter(name)
+    if attempt == 1:
+        await asyncio.sleep(30)
+    return attempt
+
+
+app = restate.app(services=[durable, middle, leaf, ledger, lazy_ledger, approval, sleepy, stalling])
