@@ -36,6 +36,10 @@ from shardgate.schema import HandlerType, SchemaSnapshot, ServiceType
 CHILD_DEDUP_RETENTION_MS = 10 * 60 * 1000  # a called child's result is kept this long: re-delivered calls dedupe
 PROMISE_ALREADY_COMPLETED = (409, "promise was already completed")
 CANCEL_SIGNAL = 1
+UNSUPPORTED_TARGET = (
+    501,
+    ("attaching to or reading the output of another invocation from a handler is not supported by shardgate yet"),
+)
 
 _KIND = {
     HandlerType.EXCLUSIVE: spb.HANDLER_KIND_EXCLUSIVE,
@@ -129,6 +133,8 @@ class _Planner:
             T.COMPLETE_PROMISE_COMMAND: self._promise,
             T.PROPOSE_RUN_COMPLETION: self._run_completion,
             T.AWAITING_ON: lambda f: None,
+            T.ATTACH_INVOCATION_COMMAND: self._unsupported_target,
+            T.GET_INVOCATION_OUTPUT_COMMAND: self._unsupported_target,
         }
 
     # ---- journal ---------------------------------------------------------------------------
@@ -342,9 +348,20 @@ class _Planner:
         self.plan.terminal = "SUSPEND"
         self.plan.awaiting = " " + " ".join(dict.fromkeys(keys)) + " "
 
+    def _unsupported_target(self, f: Frame) -> None:
+        """Attach / get-output commands: stored, and answered with a terminal failure for now."""
+        msg = protocol.parse_message(f)
+        self.command(f)
+        cid = msg.result_completion_id
+        note_type = (T.ATTACH_INVOCATION_COMPLETION if f.type == T.ATTACH_INVOCATION_COMMAND
+                     else T.GET_INVOCATION_OUTPUT_COMPLETION)
+        self.note(f"c{cid}", protocol.notification(note_type, completion_id=cid, failure=UNSUPPORTED_TARGET))
+
     def run(self, frames: list[Frame]) -> AttemptPlan:
-        for f in frames:
+        for i, f in enumerate(frames):
             t = f.type
+            if t in (T.END, T.SUSPENSION, T.ERROR) and i != len(frames) - 1:
+                raise PlanError(f"frames after the terminal message 0x{t:04X}")
             if t == T.END:
                 if self.plan.result is None:
                     raise PlanError("End without an Output")
@@ -362,6 +379,9 @@ class _Planner:
                     self.plan.next_retry_delay_ms = msg.next_retry_delay
                 self.plan.error_behavior = msg.behavior
                 return self._finish()
+            if protocol.is_custom_entry(t):
+                self.command(f)  # opaque to the runtime: stored and replayed as it is
+                continue
             handler = self._handlers.get(t)
             if handler is None:
                 raise PlanError(f"unexpected message 0x{t:04X} from the SDK")
