@@ -9,9 +9,7 @@ import sys
 
 from ingress.app import serve
 from ingress.config import IngressConfig
-from shardgate.cluster import ClusterMismatch
-from shardgate.envconfig import ConfigError
-from shardgate.logs import run_async, setup_logging
+from shardgate.logs import run_process
 
 log = logging.getLogger("ingress")
 
@@ -27,18 +25,7 @@ async def _main(config: IngressConfig) -> None:
 
 
 def main() -> int:
-    try:
-        config = IngressConfig.from_env()
-    except ConfigError as e:
-        print(f"ingress: configuration error: {e}", file=sys.stderr)
-        return 2
-    setup_logging("ingress", config.log_level, config.log_json)
-    try:
-        run_async(_main(config))
-    except ClusterMismatch as e:
-        log.error("refusing to start: %s", e)
-        return 3
-    return 0
+    return run_process("ingress", IngressConfig.from_env, _main)
 
 
 if __name__ == "__main__":

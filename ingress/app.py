@@ -42,7 +42,7 @@ class IngressNode:
     tasks: list[asyncio.Task[None]] | None = None
 
     @classmethod
-    def create(cls, config: IngressConfig) -> "IngressNode":
+    def create(cls, config: IngressConfig) -> IngressNode:
         redis = Redis.from_url(config.redis_url, socket_timeout=config.redis_timeout_s,
                                socket_connect_timeout=config.redis_timeout_s, max_connections=256)
         store = RegistryStore(redis)

@@ -46,7 +46,7 @@ class IngressConfig:
     """JSON log lines (SHARDGATE_LOG_JSON)."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "IngressConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> IngressConfig:
         env = os.environ if env is None else env
         bind = env_str(env, "BIND_HOST", cls.bind_host)
         port = env_int(env, "INGRESS_PORT", cls.ingress_port, minimum=0)

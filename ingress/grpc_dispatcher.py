@@ -94,7 +94,7 @@ class GrpcDispatcher:
             delay = min(delay * 2, 0.5)
             try:
                 await self._router.refresh()
-            except Exception as e:  # Redis hiccup: keep the old table, try again
+            except Exception as e:  # noqa: BLE001  Redis hiccup: keep the old table, try again
                 last = f"cannot refresh routing table: {e}"
 
     def _invoke_request(self, req: InvocationRequest, wait: bool) -> pb.InvokeRequest:

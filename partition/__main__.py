@@ -22,9 +22,8 @@ from partition.scripts import Scripts
 from partition.server import PartitionServicer
 from partition.service import PartitionService
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
-from shardgate.cluster import ClusterMismatch, check_partition_count
-from shardgate.envconfig import ConfigError
-from shardgate.logs import run_async, setup_logging
+from shardgate.cluster import check_partition_count
+from shardgate.logs import run_process
 from shardgate.registry import RegistryCache, RegistryStore
 from shardgate.routing import Router
 
@@ -41,7 +40,7 @@ def _metrics_app(redis: Redis, ownership_ref: dict[str, Ownership]) -> web.Appli
     async def ready(_: web.Request) -> web.Response:
         try:
             await redis.ping()
-        except Exception as e:  # readiness depends on Redis, liveness never does
+        except Exception as e:  # noqa: BLE001  readiness depends on Redis, liveness never does
             return web.json_response({"status": "redis unavailable", "error": str(e)}, status=503)
         owned = len(ownership_ref["o"].tokens) if "o" in ownership_ref else 0
         return web.json_response({"status": "ok", "owned_partitions": owned})
@@ -110,18 +109,7 @@ async def serve(config: PartitionConfig) -> None:
 
 
 def main() -> int:
-    try:
-        config = PartitionConfig.from_env()
-    except ConfigError as e:
-        print(f"partition: configuration error: {e}", file=sys.stderr)
-        return 2
-    setup_logging("partition", config.log_level, config.log_json)
-    try:
-        run_async(serve(config))
-    except ClusterMismatch as e:
-        log.error("refusing to start: %s", e)
-        return 3
-    return 0
+    return run_process("partition", PartitionConfig.from_env, serve)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class PartitionOutbox:
                 await self._deliver(decode_outbox(raw))
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  any failure: keep it queued and retry
                 log.warning("outbox delivery failed, will retry: %s", e, extra={"partition": self._partition})
                 break
             done += 1

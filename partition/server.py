@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import grpc
 
@@ -12,7 +13,18 @@ from partition.service import PartitionService
 from sgproto.partition.v1 import partition_service_pb2 as pb
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
 
-log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+async def _answer(method: str, call: Awaitable[R], context: grpc.aio.ServicerContext) -> R:
+    """Await the service call; a PartitionError becomes its gRPC status (errors.py table)."""
+    try:
+        resp = await call
+    except PartitionError as e:
+        RPCS.labels(method, e.code.name).inc()
+        await context.abort(e.code, str(e))
+    RPCS.labels(method, "OK").inc()
+    return resp
 
 
 class PartitionServicer(pb_grpc.PartitionServiceServicer):
@@ -20,37 +32,13 @@ class PartitionServicer(pb_grpc.PartitionServiceServicer):
         self._service = service
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
-        try:
-            resp = await self._service.invoke(request)
-        except PartitionError as e:
-            RPCS.labels("Invoke", e.code.name).inc()
-            await context.abort(e.code, str(e))
-        RPCS.labels("Invoke", "OK").inc()
-        return resp
+        return await _answer("Invoke", self._service.invoke(request), context)
 
     async def Attach(self, request: pb.InvocationRef, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
-        try:
-            resp = await self._service.attach(request)
-        except PartitionError as e:
-            RPCS.labels("Attach", e.code.name).inc()
-            await context.abort(e.code, str(e))
-        RPCS.labels("Attach", "OK").inc()
-        return resp
-
-    async def Deliver(self, request: pb.OutboxMessage, context: grpc.aio.ServicerContext) -> pb.DeliverResponse:
-        try:
-            resp = await self._service.deliver(request)
-        except PartitionError as e:
-            RPCS.labels("Deliver", e.code.name).inc()
-            await context.abort(e.code, str(e))
-        RPCS.labels("Deliver", "OK").inc()
-        return resp
+        return await _answer("Attach", self._service.attach(request), context)
 
     async def GetOutput(self, request: pb.InvocationRef, context: grpc.aio.ServicerContext) -> pb.OutputResponse:
-        try:
-            resp = await self._service.get_output(request)
-        except PartitionError as e:
-            RPCS.labels("GetOutput", e.code.name).inc()
-            await context.abort(e.code, str(e))
-        RPCS.labels("GetOutput", "OK").inc()
-        return resp
+        return await _answer("GetOutput", self._service.get_output(request), context)
+
+    async def Deliver(self, request: pb.OutboxMessage, context: grpc.aio.ServicerContext) -> pb.DeliverResponse:
+        return await _answer("Deliver", self._service.deliver(request), context)

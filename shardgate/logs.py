@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -57,3 +58,25 @@ def run_async(main: Any) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+def run_process(role: str, load_config: Callable[[], Any], serve: Callable[[Any], Awaitable[None]]) -> int:
+    """Shared `main()` of the process entry points: config, logging, event loop, exit codes.
+
+    Exit codes: 0 clean stop, 2 bad configuration, 3 refused to join the cluster.
+    """
+    from shardgate.cluster import ClusterMismatch
+    from shardgate.envconfig import ConfigError
+
+    try:
+        config = load_config()
+    except ConfigError as e:
+        print(f"{role}: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(role, config.log_level, config.log_json)
+    try:
+        run_async(serve(config))
+    except ClusterMismatch as e:
+        logging.getLogger(role).error("refusing to start: %s", e)
+        return 3
+    return 0

@@ -80,7 +80,7 @@ class Router:
                 await self.refresh()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  keep the old table until the next try
                 log.warning("routing table refresh failed: %s", e)
             await asyncio.sleep(interval_s)
 
