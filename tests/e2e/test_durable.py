@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -41,12 +39,11 @@ import pytest
 import pytest_asyncio
 
 from shardgate.dev import ClusterSpec, DevCluster
-from tests.conftest import SDK_STARTUP_TIMEOUT_S, _free_port, _healthy
+from tests.deployments import serve_sdk_app
 from tests.services.durable_service import COUNTER_DIR_ENV, read_counter
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_ENV = "SHARDGATE_E2E_REFERENCE"
 REFERENCE = os.environ.get(REFERENCE_ENV, "").strip()
 # Reference only: register with use_http_11 so Restate talks request/response instead of HTTP/2 bidi.
@@ -147,34 +144,12 @@ def unique(prefix: str) -> str:
 @pytest.fixture(scope="module")
 def durable_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """Serve `tests/services/durable_service.py` with hypercorn; yields (url, counter dir)."""
-    port = _free_port()
     base = tmp_path_factory.mktemp("durable")
     counter_dir = base / "counters"
     counter_dir.mkdir()
-    log_path = base / "hypercorn.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "tests.services.durable_service:app",
-         "--bind", f"127.0.0.1:{port}"],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, COUNTER_DIR_ENV: str(counter_dir)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SDK_STARTUP_TIMEOUT_S
-    try:
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"durable deployment did not start, see {log_path}")
-            time.sleep(0.05)
+    with serve_sdk_app("tests.services.durable_service:app", base / "hypercorn.log",
+                       {COUNTER_DIR_ENV: str(counter_dir)}) as url:
         yield url, counter_dir
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 async def register(target: Target, deployment_url: str, **extra: Any) -> str:
