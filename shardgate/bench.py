@@ -147,10 +147,9 @@ def parse_target(target: str) -> tuple[str, str | None, str]:
 
 
 def invocation_path(service: str, handler: str, key: str | None, mode: str) -> str:
-    """The ingress path of a call or send, Restate style: /Svc[/key]/handler[/send]."""
+    """The ingress path of a call or send: /restate/call|send/Svc[/key]/handler."""
     segments = [service] + ([key] if key is not None else []) + [handler]
-    path = "/" + "/".join(quote(s, safe="") for s in segments)
-    return path + "/send" if mode == "send" else path
+    return f"/restate/{'send' if mode == 'send' else 'call'}/" + "/".join(quote(s, safe="") for s in segments)
 
 
 def parse_header(value: str) -> tuple[str, str]:

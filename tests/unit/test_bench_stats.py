@@ -125,9 +125,9 @@ def test_parse_target_accepts_optional_fixed_key() -> None:
 
 
 def test_invocation_path_follows_restate_layout() -> None:
-    assert invocation_path("Greeter", "greet", None, "call") == "/Greeter/greet"
-    assert invocation_path("Greeter", "greet", None, "send") == "/Greeter/greet/send"
-    assert invocation_path("Counter", "add", "a b/c", "call") == "/Counter/a%20b%2Fc/add"
+    assert invocation_path("Greeter", "greet", None, "call") == "/restate/call/Greeter/greet"
+    assert invocation_path("Greeter", "greet", None, "send") == "/restate/send/Greeter/greet"
+    assert invocation_path("Counter", "add", "a b/c", "call") == "/restate/call/Counter/a%20b%2Fc/add"
 
 
 def test_parse_header_and_body() -> None:
@@ -142,20 +142,20 @@ def test_parse_header_and_body() -> None:
 def test_request_plan_round_robins_over_keys() -> None:
     plan = RequestPlan(BenchConfig(target="Counter/add", keys=3, key_prefix="k"))
     urls = [plan.next_url() for _ in range(4)]
-    assert urls == [f"http://127.0.0.1:8080/Counter/k{i}/add" for i in (0, 1, 2, 0)]
+    assert urls == [f"http://127.0.0.1:8080/restate/call/Counter/k{i}/add" for i in (0, 1, 2, 0)]
 
 
 def test_request_plan_random_keys_stay_in_range() -> None:
     cfg = BenchConfig(target="Counter/add", keys=5, key_order="random", mode="send")
     plan = RequestPlan(cfg, rng=random.Random(1))
-    keys = {plan.next_url().split("/")[-3] for _ in range(200)}
+    keys = {plan.next_url().split("/")[-2] for _ in range(200)}
     assert keys == {f"k{i}" for i in range(5)}
 
 
 def test_display_url_shows_the_key_range() -> None:
-    assert display_url(BenchConfig(target="Greeter/greet")) == "http://127.0.0.1:8080/Greeter/greet"
+    assert display_url(BenchConfig(target="Greeter/greet")) == "http://127.0.0.1:8080/restate/call/Greeter/greet"
     keyed = BenchConfig(target="Counter/add", keys=10, mode="send")
-    assert display_url(keyed) == "http://127.0.0.1:8080/Counter/k{0..9}/add/send"
+    assert display_url(keyed) == "http://127.0.0.1:8080/restate/send/Counter/k{0..9}/add"
 
 
 # ------------------------------------------------------------------------------------ recorder
@@ -195,7 +195,7 @@ async def test_run_bench_stops_after_max_requests_and_counts_statuses() -> None:
         return web.json_response("ok", status=status)
 
     app = web.Application()
-    app.router.add_post("/Counter/{key}/add", handler)
+    app.router.add_post("/restate/call/Counter/{key}/add", handler)
     async with TestServer(app, host="127.0.0.1") as server:
         cfg = BenchConfig(url=str(server.make_url("")), target="Counter/add", keys=2, connections=4,
                           duration_s=30.0, max_requests=40, headers={"content-type": "application/json"})
@@ -205,4 +205,4 @@ async def test_run_bench_stops_after_max_requests_and_counts_statuses() -> None:
     assert summary["ok"] > 0
     assert summary["elapsed_s"] < 30.0
     assert summary["latency_ms"]["p50"] is not None
-    assert set(seen) == {"/Counter/k0/add", "/Counter/k1/add"}
+    assert set(seen) == {"/restate/call/Counter/k0/add", "/restate/call/Counter/k1/add"}
