@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 
@@ -151,7 +151,7 @@ class GrpcDispatcher:
         ref = pb.InvocationRef(partition=partition, invocation_id=invocation_id)
 
         async def go(stub: pb_grpc.PartitionServiceStub, _: bool) -> pb.OutputResponse:
-            return await stub.GetOutput(ref, timeout=self._rpc_timeout_s)
+            return cast(pb.OutputResponse, await stub.GetOutput(ref, timeout=self._rpc_timeout_s))
 
         resp = await self._rpc("GetOutput", partition, go)
         if resp.status == pb.OUTPUT_STATUS_NOT_FOUND:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from partition import protocol
 from partition.protocol import Frame
@@ -154,7 +154,7 @@ class _Planner:
 
     def _output(self, f: Frame) -> None:
         self.command(f)
-        msg = protocol.parse_message(f)
+        msg = cast(pb.OutputCommandMessage, protocol.parse_message(f))
         if msg.HasField("failure"):
             self.plan.result = (msg.failure.code or 500, msg.failure.message, b"")
         else:
@@ -166,14 +166,14 @@ class _Planner:
 
     def _set_state(self, f: Frame) -> None:
         self._writable()
-        msg = protocol.parse_message(f)
+        msg = cast(pb.SetStateCommandMessage, protocol.parse_message(f))
         self.command(f)
         self.plan.ops += ("S", msg.key, msg.value.content)
         self.ctx.state[msg.key] = msg.value.content
 
     def _clear_state(self, f: Frame) -> None:
         self._writable()
-        msg = protocol.parse_message(f)
+        msg = cast(pb.ClearStateCommandMessage, protocol.parse_message(f))
         self.command(f)
         self.plan.ops += ("C", msg.key)
         self.ctx.state.pop(msg.key, None)
@@ -185,7 +185,7 @@ class _Planner:
         self.ctx.state.clear()
 
     def _lazy_get(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.GetLazyStateCommandMessage, protocol.parse_message(f))
         self.command(f)
         cid = msg.result_completion_id
         value = self.ctx.state.get(msg.key)
@@ -195,14 +195,14 @@ class _Planner:
         self.note(f"c{cid}", frame)
 
     def _lazy_keys(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.GetLazyStateKeysCommandMessage, protocol.parse_message(f))
         self.command(f)
         cid = msg.result_completion_id
         self.note(f"c{cid}", protocol.notification(
             T.GET_LAZY_STATE_KEYS_COMPLETION, completion_id=cid, state_keys=sorted(self.ctx.state)))
 
     def _sleep(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.SleepCommandMessage, protocol.parse_message(f))
         self.command(f)
         self.plan.ops += ("T", msg.wake_up_time, f"w|{self.ctx.invocation_id}|{msg.result_completion_id}")
         self.plan.timers += 1
@@ -241,7 +241,7 @@ class _Planner:
         return str(inv), req, None
 
     def _call(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.CallCommandMessage, protocol.parse_message(f))
         idx = self.command_index
         self.command(f)
         parent = spb.Parent(invocation_id=self.ctx.invocation_id, partition=self.ctx.partition,
@@ -259,7 +259,7 @@ class _Planner:
         self.plan.outbox += 1
 
     def _one_way_call(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.OneWayCallCommandMessage, protocol.parse_message(f))
         idx = self.command_index
         self.command(f)
         idem = msg.idempotency_key if msg.HasField("idempotency_key") and msg.idempotency_key else None
@@ -286,7 +286,7 @@ class _Planner:
         return protocol.notification(T.SIGNAL_NOTIFICATION, **kw)
 
     def _send_signal(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.SendSignalCommandMessage, protocol.parse_message(f))
         self.command(f)
         try:
             target = InvocationId.parse(msg.target_invocation_id)
@@ -298,7 +298,7 @@ class _Planner:
             self._signal_to(target, f"s{msg.idx}", self._signal_frame(msg, msg.idx, None))
 
     def _complete_awakeable(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.CompleteAwakeableCommandMessage, protocol.parse_message(f))
         self.command(f)
         try:
             target, idx = parse_awakeable_id(msg.awakeable_id)
@@ -309,7 +309,7 @@ class _Planner:
     def _promise(self, f: Frame) -> None:
         if self.ctx.kind not in ("workflow", "shared") or self.ctx.key is None:
             raise PlanError("durable promises are only available to workflow handlers")
-        msg = protocol.parse_message(f)
+        msg: Any = protocol.parse_message(f)  # Get-, Peek- or CompletePromiseCommandMessage
         self.command(f)
         cid = str(msg.result_completion_id)
         if f.type == T.GET_PROMISE_COMMAND:
@@ -326,7 +326,7 @@ class _Planner:
             self.plan.ops += ("PC", msg.key, cid, note.SerializeToString(), _failure_field(*PROMISE_ALREADY_COMPLETED))
 
     def _run_completion(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.ProposeRunCompletionMessage, protocol.parse_message(f))
         cid = msg.result_completion_id
         if msg.HasField("failure"):
             frame = protocol.notification(T.RUN_COMPLETION, completion_id=cid, failure=msg.failure)
@@ -336,7 +336,7 @@ class _Planner:
 
     # ---- terminals ----------------------------------------------------------------------------
     def _suspension(self, f: Frame) -> None:
-        msg = protocol.parse_message(f)
+        msg = cast(pb.SuspensionMessage, protocol.parse_message(f))
         keys: list[str] = []
         if msg.HasField("awaiting_on"):
             _flatten(msg.awaiting_on, keys)
@@ -350,7 +350,8 @@ class _Planner:
 
     def _unsupported_target(self, f: Frame) -> None:
         """Attach / get-output commands: stored, and answered with a terminal failure for now."""
-        msg = protocol.parse_message(f)
+        msg = cast("pb.AttachInvocationCommandMessage | pb.GetInvocationOutputCommandMessage",
+                   protocol.parse_message(f))
         self.command(f)
         cid = msg.result_completion_id
         note_type = (T.ATTACH_INVOCATION_COMPLETION if f.type == T.ATTACH_INVOCATION_COMMAND
@@ -371,7 +372,7 @@ class _Planner:
                 self._suspension(f)
                 return self._finish()
             if t == T.ERROR:
-                msg = protocol.parse_message(f)
+                msg = cast(pb.ErrorMessage, protocol.parse_message(f))
                 self.plan.terminal = "ERROR"
                 self.plan.error_code = msg.code or 500
                 self.plan.error_message = msg.message

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 import xxhash
 from redis.asyncio import Redis
@@ -65,7 +66,7 @@ class Ownership:
         return self.tokens.get(partition)
 
     async def live_members(self, now_ms: int) -> list[str]:
-        raw = await self._redis.hgetall(keys.MEMBERS)
+        raw = cast("dict[bytes, bytes]", await self._redis.hgetall(keys.MEMBERS))
         live, dead = [], []
         for member, value in raw.items():
             expires = int(value.decode().rsplit("|", 1)[1])

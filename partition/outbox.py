@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -64,7 +65,7 @@ class PartitionOutbox:
 
     async def _drain(self) -> tuple[int, int]:
         """Deliver the head of the outbox in order; returns (delivered, still pending)."""
-        items = await self._redis.lrange(self._key, 0, BATCH - 1)
+        items = cast("list[bytes]", await self._redis.lrange(self._key, 0, BATCH - 1))
         OUTBOX_DEPTH.labels(str(self._partition)).set(len(items))
         done = 0
         for raw in items:

@@ -206,7 +206,7 @@ class Scripts:
              keys.active(p)],
             [token, now_ms, note_key, frame, timer_member],
         )
-        code = reply[0]
+        code: bytes = reply[0]
         if code == b"FENCED":
             raise Fenced(p)
         if code == b"APPLIED":

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -218,8 +218,8 @@ class PartitionService:
         self._token(ref.partition)
         waiter = self._add_waiter(ref.invocation_id, ref.partition)
         try:
-            st, rc, rm, rv, exp = await self._redis.hmget(
-                keys.invocation(ref.partition, ref.invocation_id), "st", "rc", "rm", "rv", "exp")
+            st, rc, rm, rv, exp = cast("list[bytes | None]", await self._redis.hmget(
+                keys.invocation(ref.partition, ref.invocation_id), "st", "rc", "rm", "rv", "exp"))
         except BaseException:
             self._drop_waiter(ref.invocation_id, waiter)
             raise
@@ -235,8 +235,8 @@ class PartitionService:
 
     async def get_output(self, ref: pb.InvocationRef) -> pb.OutputResponse:
         self._token(ref.partition)
-        st, rc, rm, rv, exp = await self._redis.hmget(
-            keys.invocation(ref.partition, ref.invocation_id), "st", "rc", "rm", "rv", "exp")
+        st, rc, rm, rv, exp = cast("list[bytes | None]", await self._redis.hmget(
+            keys.invocation(ref.partition, ref.invocation_id), "st", "rc", "rm", "rv", "exp"))
         if st is None:
             return pb.OutputResponse(status=pb.OUTPUT_STATUS_NOT_FOUND)
         if st != b"completed":
@@ -312,7 +312,7 @@ class PartitionService:
 
     async def _resume_partition(self, p: int, token: str) -> None:
         try:
-            ids = await self._redis.smembers(keys.active(p))
+            ids = cast("set[bytes]", await self._redis.smembers(keys.active(p)))
         except Exception:
             log.exception("cannot list active invocations", extra={"partition": p})
             return
@@ -325,7 +325,7 @@ class PartitionService:
         """(Re)start an invocation from its stored hash, state and journal."""
         if self._running.get(inv_id) == token or self.tokens.get(p) != token:
             return
-        svc, key = await self._redis.hmget(keys.invocation(p, inv_id), "svc", "key")
+        svc, key = cast("list[bytes | None]", await self._redis.hmget(keys.invocation(p, inv_id), "svc", "key"))
         if svc is None:
             if timer_member:
                 await self._redis.zrem(keys.timers(p), timer_member)

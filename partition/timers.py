@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -61,7 +62,8 @@ class PartitionTimers:
     async def _tick(self) -> float:
         """Fire what is due; return how long to sleep before the next check."""
         now = now_ms()
-        due = await self._redis.zrangebyscore(self._key, "-inf", now, start=0, num=BATCH, withscores=True)
+        due = cast("list[tuple[bytes, float]]",  # bytes: the client does not decode responses
+                   await self._redis.zrangebyscore(self._key, "-inf", now, start=0, num=BATCH, withscores=True))
         for member, score in due:
             TIMER_LAG.observe(max(0.0, (now - score) / 1000))
             try:
@@ -73,7 +75,7 @@ class PartitionTimers:
                 return 0.5
         if len(due) == BATCH:
             return 0
-        nxt = await self._redis.zrange(self._key, 0, 0, withscores=True)
+        nxt = cast("list[tuple[bytes, float]]", await self._redis.zrange(self._key, 0, 0, withscores=True))
         if not nxt:
             return MAX_IDLE_S
         return min(MAX_IDLE_S, max(0.0, (nxt[0][1] - now_ms()) / 1000))

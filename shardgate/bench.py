@@ -23,7 +23,7 @@ import random
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -83,7 +83,7 @@ def summarize(latencies_s: Sequence[float], statuses: Mapping[int, int], transpo
     by_status = {str(s): n for s, n in sorted(statuses.items()) if not 200 <= s < 300}
     transport = dict(sorted(transport_errors.items()))
     requests = sum(statuses.values()) + sum(transport.values())
-    rate = (lambda n: round(n / elapsed_s, 1) if elapsed_s > 0 else 0.0)
+    rate: Callable[[int], float] = (lambda n: round(n / elapsed_s, 1) if elapsed_s > 0 else 0.0)
     return {
         "requests": requests,
         "ok": ok,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import Redis
 
 CLUSTER_KEY = "sg:cluster"  # hash: partitions (fixed at first start)
@@ -14,7 +16,7 @@ class ClusterMismatch(Exception):
 async def check_partition_count(redis: Redis, partitions: int) -> None:
     """Store P at first start; refuse a different P afterwards (it would re-shard every id)."""
     await redis.hsetnx(CLUSTER_KEY, "partitions", partitions)
-    stored = int(await redis.hget(CLUSTER_KEY, "partitions"))
+    stored = int(cast(bytes, await redis.hget(CLUSTER_KEY, "partitions")))  # set just above
     if stored != partitions:
         raise ClusterMismatch(
             f"this cluster was created with {stored} partitions, but this process is configured with "

@@ -27,7 +27,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -591,7 +591,7 @@ class DevCluster:
         """Stop ingress, then workers, then Redis; safe to call twice and after a failed start."""
         self._stopping = True
         await self._cancel_tasks()
-        groups = [[self.ingress], self.workers, [self.redis]]
+        groups: list[Sequence[ChildProcess | None]] = [[self.ingress], self.workers, [self.redis]]
         for group in groups:
             results = await asyncio.gather(
                 *(stop_child(c, self.spec.stop_timeout_s) for c in group if c is not None),

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 import grpc
 from redis.asyncio import Redis
@@ -58,7 +59,7 @@ class Router:
         await asyncio.shield(self._refreshing)
 
     async def _load(self) -> None:
-        raw = await self._redis.hgetall(keys.ROUTES)
+        raw = cast("dict[bytes, bytes]", await self._redis.hgetall(keys.ROUTES))
         if self._on_refresh is not None:
             self._on_refresh()
         routes: list[str | None] = [None] * len(self._routes)
