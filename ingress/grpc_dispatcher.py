@@ -115,6 +115,8 @@ class GrpcDispatcher:
 
     async def call(self, req: InvocationRequest) -> Outcome:
         msg = self._invoke_request(req, True)
+        # A re-send of this call after a failover attaches (a workflow run is not "already invoked").
+        msg.request_nonce = os.urandom(8)
 
         async def go(stub: pb_grpc.PartitionServiceStub, _: bool) -> Outcome:
             resp = await stub.Invoke(msg, timeout=self._call_timeout_s)

@@ -31,7 +31,7 @@ from partition.sharding import (
 )
 from sgproto.partition.v1 import partition_service_pb2 as spb
 from sgproto.protocol.v1 import protocol_pb2 as pb
-from shardgate.schema import HandlerType, SchemaSnapshot, ServiceType
+from shardgate.schema import HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
 
 CHILD_DEDUP_RETENTION_MS = 10 * 60 * 1000  # a called child's result is kept this long: re-delivered calls dedupe
 PROMISE_ALREADY_COMPLETED = (409, "promise was already completed")
@@ -83,6 +83,29 @@ class AttemptPlan:
     @property
     def grew(self) -> bool:
         return bool(self.entries)
+
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+def _child_retention_ms(meta: ServiceMeta, handler: HandlerMeta, idem: str | None) -> int:
+    """How long a child's result is kept: a workflow run or an idempotent call keeps it for its
+    retention (as from the ingress: the run-once and dedup guarantees depend on it); any other
+    child only long enough for a re-delivered call to find it."""
+    if handler.ty is HandlerType.WORKFLOW:
+        return _first(handler.workflow_completion_retention_ms, meta.workflow_completion_retention_ms, DAY_MS)
+    if idem:
+        return _first(handler.idempotency_retention_ms, meta.idempotency_retention_ms, DAY_MS)
+    return CHILD_DEDUP_RETENTION_MS
+
+
+def _first(*values: int | None) -> int:
+    return next(v for v in values if v is not None)
+
+
+def named_signal_key(name: str) -> str:
+    """Dedup / wait key of a named signal: hex, so it never contains a space or a NUL."""
+    return "n" + name.encode().hex()
 
 
 def _failure_field(code: int, message: str) -> bytes:
@@ -228,7 +251,7 @@ class _Planner:
             service=svc_name, handler=handler_name, body=msg.parameter,
             kind=_KIND.get(handler.ty, spb.HANDLER_KIND_SERVICE) if handler.ty else spb.HANDLER_KIND_SERVICE,
             headers=[spb.Header(key=h.key, value=h.value) for h in headers],
-            completion_retention_ms=CHILD_DEDUP_RETENTION_MS,
+            completion_retention_ms=_child_retention_ms(meta, handler, idem),
         )
         if key is not None:
             req.key = key
@@ -293,7 +316,7 @@ class _Planner:
         except ValueError:
             return  # a signal to a malformed id goes nowhere, as to an unknown invocation
         if msg.HasField("name"):
-            self._signal_to(target, f"n{msg.name}", self._signal_frame(msg, None, msg.name))
+            self._signal_to(target, named_signal_key(msg.name), self._signal_frame(msg, None, msg.name))
         else:
             self._signal_to(target, f"s{msg.idx}", self._signal_frame(msg, msg.idx, None))
 
@@ -342,7 +365,7 @@ class _Planner:
             _flatten(msg.awaiting_on, keys)
         keys += [f"c{c}" for c in msg.waiting_completions]
         keys += [f"s{s}" for s in msg.waiting_signals]
-        keys += [f"n{n}" for n in msg.waiting_named_signals]
+        keys += [named_signal_key(n) for n in msg.waiting_named_signals]
         if not keys:
             raise PlanError("suspension without anything to wait for")
         self.plan.terminal = "SUSPEND"
@@ -410,7 +433,7 @@ _OP_WIDTH = {"J": 2, "N": 3, "S": 3, "C": 2, "A": 1, "T": 3, "O": 2, "PG": 3, "P
 def _flatten(future: Any, out: list[str]) -> None:
     out += [f"c{c}" for c in future.waiting_completions]
     out += [f"s{s}" for s in future.waiting_signals]
-    out += [f"n{n}" for n in future.waiting_named_signals]
+    out += [named_signal_key(n) for n in future.waiting_named_signals]
     for nested in future.nested_futures:
         _flatten(nested, out)
 

@@ -79,4 +79,5 @@ class PartitionOutbox:
             done += 1
         if done:
             await self._scripts.outbox_ack(self._partition, self._token, done)
-        return done, len(items) - done
+        # A full batch may have more behind it: report it pending so the loop drains on at once.
+        return done, len(items) - done + (1 if len(items) == BATCH and done == len(items) else 0)

@@ -40,6 +40,7 @@ KIND_NAMES = {
 WORKFLOW_ALREADY_INVOKED = "the workflow method was already invoked"
 DEFAULT_INACTIVITY_TIMEOUT_MS = 60_000
 DEFAULT_ABORT_TIMEOUT_MS = 600_000
+MAX_IDLE_RESUMES = 3
 
 
 def now_ms() -> int:
@@ -61,6 +62,8 @@ class _Run:
     fields: dict[bytes, bytes]
     state: dict[bytes, bytes]
     journal: list[bytes]
+    idle_resumes: int = 0  # consecutive RESUMEs whose attempt stored nothing new
+    failures: int = 0
 
     @property
     def kind(self) -> str:
@@ -103,6 +106,8 @@ class PartitionService:
         self.tokens: dict[int, str] = {}  # shared with Ownership
         self._waiters: dict[str, list[_Waiter]] = {}
         self._running: dict[str, str] = {}  # invocation id -> fence token of its driver
+        self._rewake: set[str] = set()  # woken while their driver was finishing: resume after it
+        self._drivers: dict[int, dict[str, asyncio.Task[Any]]] = {}  # partition -> id -> driver
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: dict[int, PartitionTimers] = {}
         self._outboxes: dict[int, PartitionOutbox] = {}
@@ -119,6 +124,10 @@ class PartitionService:
 
     def on_lost(self, partition: int) -> None:
         for task in self._loops.pop(partition, []):
+            task.cancel()
+        # The new owner replays these invocations: stop their attempts here at once, so side
+        # effects do not run twice concurrently and our slots are free for what we still own.
+        for task in self._drivers.pop(partition, {}).values():
             task.cancel()
         self._timers.pop(partition, None)
         self._outboxes.pop(partition, None)
@@ -171,6 +180,8 @@ class PartitionService:
         if acc.outcome == "DUP":
             INVOCATIONS.labels("duplicate").inc()
             self._poke(p, False, acc.parents_notified > 0)
+            if acc.dup_status == "invoked" and self._running.get(inv_id) != token:
+                self._spawn(self._resume_one(p, token, inv_id))
             return acc
         INVOCATIONS.labels("accepted").inc()
         if acc.outcome == "INVOKED":
@@ -202,7 +213,8 @@ class PartitionService:
             resp.send_status = pb.SEND_STATUS_PREVIOUSLY_ACCEPTED
         if waiter is None:
             return resp
-        if acc.outcome == "DUP" and req.kind == pb.HANDLER_KIND_WORKFLOW:
+        resent = bool(req.request_nonce) and acc.request_nonce == req.request_nonce
+        if acc.outcome == "DUP" and req.kind == pb.HANDLER_KIND_WORKFLOW and not resent:
             self._drop_waiter(inv_id, waiter)
             resp.result.CopyFrom(_result(409, WORKFLOW_ALREADY_INVOKED, b"", None))
             return resp
@@ -304,18 +316,41 @@ class PartitionService:
         task.add_done_callback(self._tasks.discard)
 
     def _start_driver(self, run: _Run) -> None:
-        inv_id = run.target.invocation_id
+        inv_id, p = run.target.invocation_id, run.target.partition
         if self._running.get(inv_id) == run.token:
             return
         self._running[inv_id] = run.token
-        self._spawn(self._drive(run))
+        task = asyncio.get_running_loop().create_task(self._drive(run))
+        drivers = self._drivers.setdefault(p, {})
+        drivers[inv_id] = task
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if drivers.get(inv_id) is t:
+                del drivers[inv_id]
+
+        task.add_done_callback(done)
+
+    def _resume_later(self, p: int, token: str, inv_id: str, delay_s: float) -> None:
+        """Try `_resume_one` again after a failure, as long as the partition is still ours."""
+        async def later() -> None:
+            await asyncio.sleep(delay_s)
+            await self._resume_one(p, token, inv_id)
+
+        if self.tokens.get(p) == token:
+            self._spawn(later())
 
     async def _resume_partition(self, p: int, token: str) -> None:
-        try:
-            ids = cast("set[bytes]", await self._redis.smembers(keys.active(p)))
-        except Exception:
-            log.exception("cannot list active invocations", extra={"partition": p})
-            return
+        delay_s = 0.2
+        while True:
+            try:
+                ids = cast("set[bytes]", await self._redis.smembers(keys.active(p)))
+                break
+            except Exception:
+                log.exception("cannot list active invocations", extra={"partition": p})
+                if self.tokens.get(p) != token:
+                    return
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
         if ids:
             log.info("resuming invocations", extra={"partition": p, "count": len(ids)})
         for raw in ids:
@@ -323,8 +358,21 @@ class PartitionService:
 
     async def _resume_one(self, p: int, token: str, inv_id: str, timer_member: str = "") -> None:
         """(Re)start an invocation from its stored hash, state and journal."""
-        if self._running.get(inv_id) == token or self.tokens.get(p) != token:
+        if self.tokens.get(p) != token:
             return
+        if self._running.get(inv_id) == token:
+            # Its driver is finishing an attempt that suspended: it resumes once that is done.
+            self._rewake.add(inv_id)
+            return
+        try:
+            await self._restart(p, token, inv_id, timer_member)
+        except Fenced:
+            return
+        except Exception:
+            log.exception("resuming invocation failed, retrying", extra={"invocation_id": inv_id, "partition": p})
+            self._resume_later(p, token, inv_id, 1.0)
+
+    async def _restart(self, p: int, token: str, inv_id: str, timer_member: str) -> None:
         svc, key = cast("list[bytes | None]", await self._redis.hmget(keys.invocation(p, inv_id), "svc", "key"))
         if svc is None:
             if timer_member:
@@ -332,10 +380,7 @@ class PartitionService:
             await self._redis.srem(keys.active(p), inv_id)
             return
         t = Target(p, inv_id, svc.decode(), key.decode() if key is not None else None)
-        try:
-            started = await self._scripts.attempt_start(t, token, now_ms(), timer_member)
-        except Fenced:
-            return
+        started = await self._scripts.attempt_start(t, token, now_ms(), timer_member)
         if started.outcome == "INVOKED" and started.fields is not None:
             self._start_driver(_Run(t, token, started.fields, started.state or {}, started.journal or []))
 
@@ -358,11 +403,18 @@ class PartitionService:
         except Fenced:
             INVOCATIONS.labels("fenced").inc()
             log.info("partition lost while driving invocation", extra={"invocation_id": inv_id, "partition": p})
+        except asyncio.CancelledError:
+            log.info("driver stopped: partition released", extra={"invocation_id": inv_id, "partition": p})
         except Exception:
-            log.exception("invocation driver failed", extra={"invocation_id": inv_id, "partition": p})
+            log.exception("invocation driver failed, resuming", extra={"invocation_id": inv_id, "partition": p})
+            run.failures += 1
+            self._rewake.add(inv_id)
         finally:
             if self._running.get(inv_id) == run.token:
                 del self._running[inv_id]
+            if inv_id in self._rewake:
+                self._rewake.discard(inv_id)
+                self._resume_later(p, run.token, inv_id, 0.0 if run.failures == 0 else 1.0)
 
     async def _step(self, run: _Run) -> bool:
         """One attempt and its transition; True when the next attempt should start at once."""
@@ -395,11 +447,30 @@ class PartitionService:
             run.fields[b"att"] = str(new_att).encode()
             if plan.grew:
                 run.fields[b"lg"] = str(now_ms()).encode()
+                run.idle_resumes = 0
+            else:
+                run.idle_resumes += 1
+            if run.idle_resumes >= MAX_IDLE_RESUMES:
+                # The SDK keeps suspending on something it already has: treat it as a failure
+                # (back-off) rather than re-invoking it hot.
+                run.idle_resumes = 0
+                return await self._fail(run, snapshot, None, "the SDK suspends on a notification it already has",
+                                        new_att)
             return True
         if applied.outcome == "BAD_STATE":
             log.info("attempt result ignored: invocation is %s", applied.status,
                      extra={"invocation_id": t.invocation_id})
+            await self._answer_from_storage(t)
         return False
+
+    async def _answer_from_storage(self, t: Target) -> None:
+        """Callers waiting here for an invocation that was completed elsewhere get the stored result."""
+        if t.invocation_id not in self._waiters:
+            return
+        st, rc, rm, rv = cast("list[bytes | None]", await self._redis.hmget(
+            keys.invocation(t.partition, t.invocation_id), "st", "rc", "rm", "rv"))
+        if st == b"completed":
+            self._resolve(t.invocation_id, _result(int(rc or 0), (rm or b"").decode(), rv or b"", None))
 
     def _after_apply(self, p: int, token: str, plan: AttemptPlan, applied: Any) -> None:
         self._poke(p, plan.timers > 0 or applied.outcome == "BACKOFF",

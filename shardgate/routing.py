@@ -40,6 +40,7 @@ class Router:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._refreshing: asyncio.Task[None] | None = None
         self._last_refresh = 0.0
+        self._closing: set[asyncio.Future[None]] = set()
 
     def stub(self, partition: int) -> pb_grpc.PartitionServiceStub | None:
         addr = self._routes[partition]
@@ -73,7 +74,10 @@ class Router:
         for addr in [a for a in self._channels if a not in live]:
             channel = self._channels.pop(addr)
             self._stubs.pop(addr, None)
-            await channel.close(grace=5)
+            # in the background: callers awaiting this refresh must not wait for the grace period
+            task = asyncio.ensure_future(channel.close(grace=5))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def run(self, interval_s: float = 1.0) -> None:
         while True:

@@ -93,7 +93,7 @@ while i <= #ARGV do
         local wkey = ARGV[9] .. wid
         if wid == id then
           append_note(KEYS[2], KEYS[7], 'c' .. wcid, pb_completion(0x8009, wcid, result))
-        elseif redis.call('EXISTS', wkey) == 1 then
+        elseif (redis.call('HGET', wkey, 'st') or 'completed') ~= 'completed' then
           if append_note(wkey, ARGV[10] .. wid, 'c' .. wcid, pb_completion(0x8009, wcid, result)) then
             local wst = redis.call('HGET', wkey, 'st')
             local wait = redis.call('HGET', wkey, 'wait') or ''
@@ -158,6 +158,7 @@ if cret > 0 then
   if kind == 'workflow' then
     redis.call('PEXPIRE', KEYS[6], cret)
     redis.call('PEXPIRE', KEYS[10], cret)
+    redis.call('PEXPIRE', KEYS[11], cret)
   end
 else
   redis.call('DEL', KEYS[2])

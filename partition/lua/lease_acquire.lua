@@ -1,13 +1,12 @@
 -- lease_acquire: take a free partition lease and bump its fencing epoch.
 -- KEYS[1]=lease KEYS[2]=epoch
 -- ARGV[1]=worker id ARGV[2]=ttl_ms
--- returns the fence token '<worker>|<epoch>', or false when another worker holds the lease
+-- returns the fence token '<worker>|<epoch>', or false when another worker holds the lease.
+-- A lease held under this worker's own id belongs to an earlier process with the same id (a
+-- process asks only for partitions it does not hold): the epoch is bumped all the same, so
+-- that earlier process is fenced out.
 local cur = redis.call('GET', KEYS[1])
-if cur then
-  if string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. '|' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return cur
-  end
+if cur and string.sub(cur, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then
   return false
 end
 local e = redis.call('INCR', KEYS[2])

@@ -245,3 +245,56 @@ async def test_every_script_key_shares_the_partition_slot() -> None:
         keys.outbox(P), keys.promises(P, "Signup", "w"), keys.promise_waiters(P, "Signup", "w"),
     ]
     assert len({key_slot(n.encode()) for n in names}) == 1
+
+
+async def test_reacquiring_under_the_same_worker_id_bumps_the_epoch(scripts: Scripts) -> None:
+    """A restarted process with the same worker id must fence out its predecessor."""
+    first = await _lease(scripts, "w1")
+    second = await _lease(scripts, "w1")
+    assert second != first
+    with pytest.raises(Fenced):
+        await _accept(scripts, first, _t(70))
+
+
+async def test_promise_waiter_that_already_completed_is_skipped(scripts: Scripts, redis: Redis) -> None:
+    tok = await _lease(scripts)
+    waiter = Target(P, str(idempotent_invocation_id("Signup", "w", "status", "a")), "Signup", "w")
+    done = Target(P, str(idempotent_invocation_id("Signup", "w", "approve", "b")), "Signup", "w")
+    await scripts.accept(waiter, tok, 1000, "shared", None, "", _fields("shared", cret=60_000, key="w"))
+    await scripts.accept(done, tok, 1000, "shared", None, "", _fields("shared", key="w"))
+    # the waiter registers for the promise, then finishes without awaiting it
+    await scripts.apply(waiter, tok, 2000, 0, ["END", 0, "", b""], 0, ["PG", "ok", "1"])
+    applied = await scripts.apply(done, tok, 3000, 0, ["END", 0, "", b""], 0,
+                                  ["PC", "ok", "1", b"\x2a\x00", b"\x32\x02\x08\x01"])
+    assert applied.woken == []
+    assert not await redis.exists(keys.journal(P, waiter.invocation_id))
+    assert not await redis.hexists(keys.invocation(P, waiter.invocation_id), "n:c1")
+
+
+async def test_workflow_end_expires_its_promise_waiters(scripts: Scripts, redis: Redis) -> None:
+    tok = await _lease(scripts)
+    run = Target(P, str(idempotent_invocation_id("Signup", "w2", "run", "x")), "Signup", "w2")
+    await scripts.accept(run, tok, 1000, "workflow", None, "", _fields("workflow", cret=60_000, key="w2"))
+    await scripts.apply(run, tok, 2000, 0, ["END", 0, "", b""], 0, ["PG", "never", "1"])
+    ttl = await redis.pttl(keys.promise_waiters(P, "Signup", "w2"))
+    assert 0 < ttl <= 60_000
+
+
+async def test_outbox_reports_more_work_after_a_full_batch(scripts: Scripts, redis: Redis) -> None:
+    from partition.effects import encode_outbox_notify
+    from partition.outbox import BATCH, PartitionOutbox
+
+    tok = await _lease(scripts)
+    for i in range(BATCH + 10):
+        await redis.rpush(keys.outbox(P), encode_outbox_notify(1, f"inv-{i}", "c1", b"f"))
+    delivered: list[str] = []
+
+    async def deliver(msg: object) -> None:
+        delivered.append(msg.notify.invocation_id)  # type: ignore[attr-defined]
+
+    outbox = PartitionOutbox(redis, scripts, P, tok, deliver)
+    done, pending = await outbox._drain()
+    assert (done, pending > 0) == (BATCH, True)
+    done, pending = await outbox._drain()
+    assert (done, pending) == (10, 0)
+    assert delivered == [f"inv-{i}" for i in range(BATCH + 10)]

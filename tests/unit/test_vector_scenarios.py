@@ -1245,3 +1245,26 @@ def test_attach_and_get_output_commands_get_a_terminal_failure_not_endless_retri
     assert plan.terminal == "SUSPEND" and plan.awaiting == " c3 s1 "
     expected = notification(T.GET_INVOCATION_OUTPUT_COMPLETION, completion_id=3, failure=UNSUPPORTED_TARGET)
     assert plan.ops == ["J", get_output, "N", "c3", expected]
+
+
+def test_child_retention_follows_the_target() -> None:
+    """A workflow run or an idempotent call made from a handler keeps its result for its retention
+    (the run-once and dedup guarantees depend on it); a plain child only for re-deliveries."""
+    from partition.effects import CHILD_DEDUP_RETENTION_MS, DAY_MS, _child_retention_ms
+
+    svc = ServiceMeta(name="Signup", ty=ServiceType.WORKFLOW, deployment_id="dp", handlers={})
+    run = HandlerMeta(name="run", ty=HandlerType.WORKFLOW)
+    shared = HandlerMeta(name="approve", ty=HandlerType.SHARED)
+    assert _child_retention_ms(svc, run, None) == DAY_MS
+    assert _child_retention_ms(svc, shared, "my-key") == DAY_MS
+    assert _child_retention_ms(svc, shared, None) == CHILD_DEDUP_RETENTION_MS
+
+
+def test_named_signal_keys_survive_spaces_and_nul() -> None:
+    from partition.effects import named_signal_key
+
+    key = named_signal_key("a b\x00c")
+    assert " " not in key and "\x00" not in key and key.startswith("n")
+    suspension = encode_message(T.SUSPENSION, pb.SuspensionMessage(waiting_named_signals=["a b\x00c"]))
+    plan = plan_attempt(decode_frames(suspension), context(vec("a_greet_v6")))
+    assert plan.awaiting == f" {key} "
