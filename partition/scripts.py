@@ -90,6 +90,12 @@ class Applied:
 
 
 @dataclass(frozen=True, slots=True)
+class Notified:
+    outcome: str  # APPLIED | WOKEN | DUP | GONE
+    target: Target | None = None  # WOKEN: the invocation to restart (its keys)
+
+
+@dataclass(frozen=True, slots=True)
 class Started:
     outcome: str  # INVOKED | INBOXED | WAIT | GONE
     fields: dict[bytes, bytes] | None = None
@@ -197,8 +203,9 @@ class Scripts:
     async def notify(
         self, partition: int, invocation_id: str, token: str, now_ms: int, note_key: str, frame: bytes,
         timer_member: str = "",
-    ) -> str:
-        """Append a notification once; returns APPLIED, WOKEN, DUP or GONE. Raises Fenced."""
+    ) -> Notified:
+        """Append a notification once; the outcome is APPLIED, WOKEN (with the target to
+        restart), DUP or GONE. Raises Fenced."""
         p = partition
         reply = await self._run(
             "notify", self._notify,
@@ -210,8 +217,11 @@ class Scripts:
         if code == b"FENCED":
             raise Fenced(p)
         if code == b"APPLIED":
-            return "WOKEN" if int(reply[1]) else "APPLIED"
-        return code.decode()
+            if int(reply[1]):
+                svc, key = reply[2]
+                return Notified("WOKEN", Target(p, invocation_id, svc.decode(), None if key is None else key.decode()))
+            return Notified("APPLIED")
+        return Notified(code.decode())
 
     async def outbox_ack(self, partition: int, token: str, count: int) -> bool:
         reply = await self._run("outbox_ack", self._outbox_ack, [keys.lease(partition), keys.outbox(partition)],

@@ -24,7 +24,7 @@ from partition.invoker import AttemptInput, Invoker
 from partition.metrics import IN_FLIGHT, INVOCATIONS
 from partition.outbox import PartitionOutbox
 from partition.retry import policy_for
-from partition.scripts import Accepted, Scripts, Target
+from partition.scripts import Accepted, Notified, Scripts, Target
 from partition.timers import PartitionTimers
 from sgproto.partition.v1 import partition_service_pb2 as pb
 from shardgate.schema import SchemaSnapshot
@@ -264,12 +264,17 @@ class PartitionService:
             return pb.DeliverResponse(status=status)
         n = msg.notify
         token = self._token(n.partition)
-        outcome = await self._scripts.notify(n.partition, n.invocation_id, token, now_ms(), n.key, n.frame)
-        if outcome == "WOKEN":
-            self._spawn(self._resume_one(n.partition, token, n.invocation_id))
+        notified = await self._scripts.notify(n.partition, n.invocation_id, token, now_ms(), n.key, n.frame)
+        self._wake(notified, token)
         return pb.DeliverResponse(status={
             "GONE": pb.DELIVER_STATUS_GONE, "DUP": pb.DELIVER_STATUS_DUPLICATE,
-        }.get(outcome, pb.DELIVER_STATUS_APPLIED))
+        }.get(notified.outcome, pb.DELIVER_STATUS_APPLIED))
+
+    def _wake(self, notified: Notified, token: str) -> None:
+        """Start the invocation a notification woke (its keys came with the notify reply)."""
+        if notified.outcome == "WOKEN" and notified.target is not None:
+            t = notified.target
+            self._spawn(self._resume_one(t.partition, token, t.invocation_id, target=t))
 
     async def _deliver_from_outbox(self, msg: pb.OutboxMessage) -> None:
         p = msg.invoke.partition if msg.HasField("invoke") else msg.notify.partition
@@ -356,7 +361,8 @@ class PartitionService:
         for raw in ids:
             self._spawn(self._resume_one(p, token, raw.decode()))
 
-    async def _resume_one(self, p: int, token: str, inv_id: str, timer_member: str = "") -> None:
+    async def _resume_one(self, p: int, token: str, inv_id: str, timer_member: str = "",
+                          target: Target | None = None) -> None:
         """(Re)start an invocation from its stored hash, state and journal."""
         if self.tokens.get(p) != token:
             return
@@ -365,24 +371,31 @@ class PartitionService:
             self._rewake.add(inv_id)
             return
         try:
-            await self._restart(p, token, inv_id, timer_member)
+            await self._restart(p, token, inv_id, timer_member, target)
         except Fenced:
             return
         except Exception:
             log.exception("resuming invocation failed, retrying", extra={"invocation_id": inv_id, "partition": p})
             self._resume_later(p, token, inv_id, 1.0)
 
-    async def _restart(self, p: int, token: str, inv_id: str, timer_member: str) -> None:
+    async def _restart(self, p: int, token: str, inv_id: str, timer_member: str, t: Target | None) -> None:
+        if t is None:
+            t = await self._target_of(p, inv_id, timer_member)
+            if t is None:
+                return
+        started = await self._scripts.attempt_start(t, token, now_ms(), timer_member)
+        if started.outcome == "INVOKED" and started.fields is not None:
+            self._start_driver(_Run(t, token, started.fields, started.state or {}, started.journal or []))
+
+    async def _target_of(self, p: int, inv_id: str, timer_member: str) -> Target | None:
+        """The stored target of an invocation; cleans up after one that no longer exists."""
         svc, key = cast("list[bytes | None]", await self._redis.hmget(keys.invocation(p, inv_id), "svc", "key"))
         if svc is None:
             if timer_member:
                 await self._redis.zrem(keys.timers(p), timer_member)
             await self._redis.srem(keys.active(p), inv_id)
-            return
-        t = Target(p, inv_id, svc.decode(), key.decode() if key is not None else None)
-        started = await self._scripts.attempt_start(t, token, now_ms(), timer_member)
-        if started.outcome == "INVOKED" and started.fields is not None:
-            self._start_driver(_Run(t, token, started.fields, started.state or {}, started.journal or []))
+            return None
+        return Target(p, inv_id, svc.decode(), key.decode() if key is not None else None)
 
     async def _fire_timer(self, p: int, token: str, member: str) -> None:
         kind, _, rest = member.partition("|")
@@ -391,8 +404,7 @@ class PartitionService:
             return
         inv_id, _, cid = rest.partition("|")
         frame = protocol.notification(protocol.MessageType.SLEEP_COMPLETION, completion_id=int(cid), void=True)
-        if await self._scripts.notify(p, inv_id, token, now_ms(), f"c{cid}", frame, member) == "WOKEN":
-            self._spawn(self._resume_one(p, token, inv_id))
+        self._wake(await self._scripts.notify(p, inv_id, token, now_ms(), f"c{cid}", frame, member), token)
 
     # ---- driving -------------------------------------------------------------------------
     async def _drive(self, run: _Run) -> None:

@@ -3,7 +3,7 @@
 -- KEYS[1]=lease KEYS[2]=inv KEYS[3]=journal KEYS[4]=timers KEYS[5]=active
 -- ARGV[1]=fence token ARGV[2]=now_ms ARGV[3]=notification key (c<id>|s<idx>|n<name>)
 -- ARGV[4]=framed notification ARGV[5]=timer member to remove ('' if none)
--- returns {'FENCED'} | {'GONE'} | {'DUP'} | {'APPLIED', woken (0|1)}
+-- returns {'FENCED'} | {'GONE'} | {'DUP'} | {'APPLIED', 0} | {'APPLIED', 1, {service, key}} (woken)
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {'FENCED'}
 end
@@ -26,7 +26,7 @@ if st == 'suspended' then
     redis.call('HSET', KEYS[2], 'st', 'invoked', 'mt', ARGV[2])
     redis.call('HDEL', KEYS[2], 'wait')
     redis.call('SADD', KEYS[5], string.sub(KEYS[2], #KEYS[2] - 37))
-    return {'APPLIED', 1}
+    return {'APPLIED', 1, redis.call('HMGET', KEYS[2], 'svc', 'key')}
   end
 end
 return {'APPLIED', 0}

@@ -156,8 +156,10 @@ async def test_suspension_waits_and_a_notification_wakes_it(scripts: Scripts, re
     assert await redis.get(keys.lock(P, "Counter", "k")) == t.invocation_id.encode()  # keeps the lock
     member = f"w|{t.invocation_id}|1"
     assert await redis.zscore(keys.timers(P), member) == 5000
-    assert await scripts.notify(P, t.invocation_id, tok, 5000, "c1", _sleep_frame(1), member) == "WOKEN"
-    assert await scripts.notify(P, t.invocation_id, tok, 5000, "c1", _sleep_frame(1), member) == "DUP"
+    woken = await scripts.notify(P, t.invocation_id, tok, 5000, "c1", _sleep_frame(1), member)
+    assert woken.outcome == "WOKEN" and woken.target == t  # the keys to restart it come along
+    again = await scripts.notify(P, t.invocation_id, tok, 5000, "c1", _sleep_frame(1), member)
+    assert again.outcome == "DUP"
     assert await redis.zscore(keys.timers(P), member) is None
     started = await scripts.attempt_start(t, tok, 5001)
     assert started.outcome == "INVOKED"
