@@ -17,10 +17,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,10 +28,10 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from partition import keys
-from partition.leases import rendezvous_winner
 from partition.sharding import idempotent_invocation_id, partition_key_for_key, partition_of
 from shardgate.cluster import CLUSTER_KEY
 from shardgate.dev import ClusterSpec, DevCluster
+from tests.clusters import partition_owners, poll
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -41,8 +41,6 @@ LEASE_TTL_MS = 2000
 HEARTBEAT_MS = 300
 FAILOVER_BOUND_S = LEASE_TTL_MS / 1000 + 2.0
 POLL_MARGIN_S = 0.5  # the ingress re-polls the routing table at most every 0.5 s while rerouting
-POLL_S = 0.05
-T = TypeVar("T")
 
 
 # ---- cluster plumbing ----------------------------------------------------------------------------
@@ -93,47 +91,8 @@ def cluster_spec(data_dir: Path) -> ClusterSpec:
     )
 
 
-async def poll(what: str, deadline_s: float, probe: Callable[[], Awaitable[T | None]]) -> T:
-    """Call `probe()` until it returns something other than None; fail after `deadline_s`."""
-    end = time.monotonic() + deadline_s
-    last_error: BaseException | None = None
-    while True:
-        try:
-            result = await probe()
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            result, last_error = None, e
-        if result is not None:
-            return result
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {deadline_s}s waiting for {what} (last error: {last_error!r})")
-        await asyncio.sleep(POLL_S)
-
-
 async def owners(env: Env) -> dict[int, int] | None:
-    """partition -> worker index once ownership has settled, else None.
-
-    Settled: every partition has a live lease whose token is the one in `sg:routes`, and the
-    routed address (host:port) is the gRPC port of the running worker that wins the partition
-    by rendezvous over the running workers.
-    """
-    workers = env.cluster.workers
-    live = [w.worker_id for w in workers if w.running]
-    by_port = {w.grpc_port: i for i, w in enumerate(workers)}
-    routes = await env.redis.hgetall(keys.ROUTES)
-    leases = await env.redis.mget([keys.lease(p) for p in range(PARTITIONS)])
-    result: dict[int, int] = {}
-    for p in range(PARTITIONS):
-        raw = routes.get(str(p).encode())
-        if raw is None or leases[p] is None:
-            return None
-        address, token = raw.decode().split("|", 1)
-        index = by_port.get(int(address.rsplit(":", 1)[1]))
-        if token != leases[p].decode() or index is None or not workers[index].running:
-            return None
-        if workers[index].worker_id != rendezvous_winner(live, p):
-            return None
-        result[p] = index
-    return result
+    return await partition_owners(env.cluster, env.redis, PARTITIONS)
 
 
 async def settled_owners(env: Env, deadline_s: float = 20.0) -> dict[int, int]:

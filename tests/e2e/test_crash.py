@@ -31,7 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -39,10 +39,10 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from partition import keys
-from partition.leases import rendezvous_winner
 from partition.protocol import MessageType
 from partition.sharding import InvocationId, idempotent_invocation_id, partition_key_for_key, partition_of
 from shardgate.dev import ClusterSpec, DevCluster, read_log_tail
+from tests.clusters import partition_owners, poll, unique
 from tests.deployments import serve_sdk_app
 from tests.services.durable_service import COUNTER_DIR_ENV, read_counter
 
@@ -53,10 +53,8 @@ PARTITIONS = 12  # rendezvous over worker-0..2 gives every worker at least 3 par
 LEASE_TTL_MS = 2000
 HEARTBEAT_MS = 300
 FAILOVER_S = LEASE_TTL_MS / 1000 + 2.0  # lease lapse + takeover + ingress re-route, generously
-POLL_S = 0.02
 TIMER_SLACK_S = 0.05  # a timer may look this much "early" from the client clock
 RUN_COMPLETION = int(MessageType.RUN_COMPLETION).to_bytes(2, "big")  # 0x8011
-T = TypeVar("T")
 
 
 # ---- cluster plumbing ----------------------------------------------------------------------------
@@ -145,24 +143,6 @@ async def decode(r: aiohttp.ClientResponse) -> Any:
         return raw.decode(errors="replace")
 
 
-async def poll(what: str, deadline_s: float, probe: Callable[[], Awaitable[T | None]],
-               diag: Callable[[], Awaitable[str]] | None = None) -> T:
-    """Call `probe()` until it returns something other than None; fail after `deadline_s`."""
-    end = time.monotonic() + deadline_s
-    last: BaseException | None = None
-    while True:
-        try:
-            result = await probe()
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            result, last = None, e
-        if result is not None:
-            return result
-        if time.monotonic() > end:
-            detail = await diag() if diag is not None else ""
-            pytest.fail(f"timed out after {deadline_s}s waiting for {what} (last error: {last!r})\n{detail}")
-        await asyncio.sleep(POLL_S)
-
-
 def partition_of_id(invocation_id: str) -> int:
     return partition_of(InvocationId.parse(invocation_id).partition_key, PARTITIONS)
 
@@ -171,34 +151,8 @@ def partition_of_key(key: str) -> int:
     return partition_of(partition_key_for_key(key), PARTITIONS)
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
 async def owners(env: Env) -> dict[int, int] | None:
-    """partition -> worker index once ownership has settled over the running workers, else None.
-
-    Settled: every partition has a live lease whose token is the one routed in `sg:routes`, and the
-    routed gRPC port is that of the running worker winning the partition by rendezvous.
-    """
-    workers = env.cluster.workers
-    live = [w.worker_id for w in workers if w.running]
-    by_port = {w.grpc_port: i for i, w in enumerate(workers)}
-    routes = await env.redis.hgetall(keys.ROUTES)
-    leases = await env.redis.mget([keys.lease(p) for p in range(PARTITIONS)])
-    result: dict[int, int] = {}
-    for p in range(PARTITIONS):
-        raw = routes.get(str(p).encode())
-        if raw is None or leases[p] is None:
-            return None
-        address, token = raw.decode().split("|", 1)
-        index = by_port.get(int(address.rsplit(":", 1)[1]))
-        if token != leases[p].decode() or index is None or not workers[index].running:
-            return None
-        if workers[index].worker_id != rendezvous_winner(live, p):
-            return None
-        result[p] = index
-    return result
+    return await partition_owners(env.cluster, env.redis, PARTITIONS)
 
 
 async def settled_owners(env: Env, deadline_s: float = 20.0) -> dict[int, int]:

@@ -28,17 +28,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
 from shardgate.dev import ClusterSpec, DevCluster
+from tests.clusters import poll, unique
 from tests.deployments import serve_sdk_app
 from tests.services.durable_service import COUNTER_DIR_ENV, read_counter
 
@@ -50,11 +50,9 @@ REFERENCE = os.environ.get(REFERENCE_ENV, "").strip()
 REFERENCE_HTTP11 = os.environ.get("SHARDGATE_E2E_REFERENCE_HTTP11", "") == "1"
 PROTOCOLS = ["reference"] if REFERENCE else ["v6", "v7"]
 PARTITIONS = 8
-POLL_S = 0.02
 DEADLINE_S = 15.0  # generous bound for things that take milliseconds on the reference
 TIMER_SLACK_S = 0.05  # a timer may fire this much "early" as seen from the client clock
 NO_BODY = object()
-T = TypeVar("T")
 
 
 # ---- target plumbing -----------------------------------------------------------------------------
@@ -119,26 +117,6 @@ async def decode(r: aiohttp.ClientResponse) -> Any:
         return await r.json(content_type=None)
     except ValueError:
         return raw.decode(errors="replace")
-
-
-async def poll(what: str, deadline_s: float, probe: Callable[[], Awaitable[T | None]]) -> T:
-    """Call `probe()` until it returns something other than None; fail after `deadline_s`."""
-    end = time.monotonic() + deadline_s
-    last: BaseException | None = None
-    while True:
-        try:
-            result = await probe()
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            result, last = None, e
-        if result is not None:
-            return result
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {deadline_s}s waiting for {what} (last error: {last!r})")
-        await asyncio.sleep(POLL_S)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")
