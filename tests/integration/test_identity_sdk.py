@@ -6,27 +6,23 @@ test) and checks the statuses of spec §11 / `k_request_identity.json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from partition.identity import JWT_HEADER, SIGNATURE_SCHEME_HEADER, RequestSigner
 from partition.protocol import content_type, decode_frames, input_command, parse_message, start_message
+from tests.deployments import serve_sdk_app
+from tests.shared import vector_path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-VECTOR = json.loads(Path("/work/shared/spec/vectors/k_request_identity.json").read_text())
-STARTUP_TIMEOUT_S = 30.0
+VECTOR = json.loads(vector_path("k_request_identity.json").read_text())
 INVOKE_PATH = "/invoke/Greeter/greet"
 OUTPUT_TYPE = 0x0401
 
@@ -35,12 +31,6 @@ OUTPUT_TYPE = 0x0401
 class Deployment:
     url: str
     signer: RequestSigner
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _request(url: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, bytes]:
@@ -56,42 +46,13 @@ def _request(url: str, headers: dict[str, str], body: bytes | None = None) -> tu
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """`serve(keys)` starts a deployment accepting `keys`; all are stopped at module teardown."""
-    procs: list[tuple[subprocess.Popen, object]] = []
+    with contextlib.ExitStack() as stack:
+        def start(keys: list[str]) -> str:
+            log_path = tmp_path_factory.mktemp("identity_sdk") / "hypercorn.log"
+            return stack.enter_context(
+                serve_sdk_app("tests.services.identity_service:app", log_path, {"IDENTITY_KEYS": ",".join(keys)}))
 
-    def start(keys: list[str]) -> str:
-        port = _free_port()
-        log_path = tmp_path_factory.mktemp("identity_sdk") / "hypercorn.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - closed at teardown
-        env = {**os.environ, "IDENTITY_KEYS": ",".join(keys)}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hypercorn", "tests.services.identity_service:app",
-             "--bind", f"127.0.0.1:{port}"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        procs.append((proc, log))
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:  # /health is never identity-checked
-            try:
-                if _request(url + "/health", {})[0] == 200:
-                    return url
-            except (urllib.error.URLError, OSError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"identity deployment did not start, see {log_path}")
-            time.sleep(0.05)
-
-    try:
         yield start
-    finally:
-        for proc, log in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module", params=["fresh_key", "vector_key"])

@@ -9,7 +9,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,8 +36,9 @@ from shardgate.schema import (
     snapshot_from_json,
     snapshot_to_json,
 )
+from tests.shared import vector_path
 
-VECTOR = Path("/work/shared/spec/vectors/manifest_http1.json")
+VECTOR = vector_path("manifest_http1.json")
 
 
 def manifest(*services: dict[str, Any], **top: Any) -> dict[str, Any]:

@@ -20,8 +20,9 @@ from partition.identity import (
     RequestSigner,
     base58_encode,
 )
+from tests.shared import vector_path
 
-VECTOR = json.loads(Path("/work/shared/spec/vectors/k_request_identity.json").read_text())
+VECTOR = json.loads(vector_path("k_request_identity.json").read_text())
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 

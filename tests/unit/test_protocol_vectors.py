@@ -11,10 +11,8 @@ same bytes as its ``*_hex``, so here they are compared exactly like every other 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-from pathlib import Path
 
 import pytest
 from google.protobuf import unknown_fields
@@ -42,16 +40,9 @@ from partition.protocol import (
     start_message,
 )
 from sgproto.protocol.v1 import protocol_pb2 as pb
+from tests import shared
 
-
-def _shared_dir() -> Path:
-    env = os.environ.get("SHARDGATE_SHARED_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared"
-
-
-VECTORS_DIR = _shared_dir() / "spec" / "vectors"
+VECTORS_DIR = shared.VECTORS_DIR
 
 
 def _load_vectors() -> dict[str, dict]:

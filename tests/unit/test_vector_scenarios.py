@@ -20,10 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,16 +50,12 @@ from partition.sharding import (
 from sgproto.partition.v1 import partition_service_pb2 as spb
 from sgproto.protocol.v1 import protocol_pb2 as pb
 from shardgate.schema import Deployment, HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
+from tests import shared
 
 # ---- vectors -------------------------------------------------------------------------------------
 
 
-def _shared_dir() -> Path:
-    env = os.environ.get("SHARDGATE_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
-
-
-VECTORS_DIR = _shared_dir() / "spec" / "vectors"
+VECTORS_DIR = shared.VECTORS_DIR
 if not VECTORS_DIR.is_dir():  # test data the suite depends on: a missing copy is an error, not a skip
     raise RuntimeError(f"no protocol vectors in {VECTORS_DIR}; set SHARDGATE_SHARED_DIR to the shared/ folder")
 
