@@ -337,7 +337,7 @@ class Stored:
         return "APPLIED"
 
     def fire_timer(self, member: str) -> str:
-        """service._fire_timer for a sleep timer `w|<invocation id>|<completion id>`."""
+        """driver.Driver.fire_timer for a sleep timer `w|<invocation id>|<completion id>`."""
         due = [d for d, m in self.timers if m == member]
         assert due, member
         self.timers.remove((due[0], member))
@@ -388,11 +388,11 @@ class Stored:
                         waiter.notify(f"c{wcid}", frame)
             else:
                 raise AssertionError(f"op {tag!r} not modelled")
-        if plan.terminal == "ERROR":  # service._fail: the failed attempt counts, after a reset if it grew
+        if plan.terminal == "ERROR":  # driver.Driver._fail: the failed attempt counts, after a reset if it grew
             self.att = (0 if plan.grew else self.att) + 1
             self.status = "backing-off"
             return "BACKOFF"
-        self.att = 0 if plan.grew else self.att  # service._step
+        self.att = 0 if plan.grew else self.att  # driver.Driver._step
         if plan.terminal == "SUSPEND":
             if any(k in self.notes for k in plan.awaiting.split()):
                 return "RESUME"
@@ -426,7 +426,7 @@ class Sent:
 
 
 async def send(v: Vector, stored: Stored, *, duration_ms: int | None = None) -> Sent:
-    """Run `Invoker.attempt` with the AttemptInput `service._attempt` builds from ``stored``; the
+    """Run `Invoker.attempt` with the AttemptInput `driver._attempt_input` builds from ``stored``; the
     deployment answers with the vector's response."""
     sc = scenario(v)
     keyed = sc.kind != "service"
