@@ -36,6 +36,12 @@ from shardgate.registry import (
     new_deployment_id,
 )
 from shardgate.schema import (
+    DEFAULT_ABORT_TIMEOUT_MS,
+    DEFAULT_IDEMPOTENCY_RETENTION_MS,
+    DEFAULT_INACTIVITY_TIMEOUT_MS,
+    DEFAULT_JOURNAL_RETENTION_MS,
+    DEFAULT_RETRY_POLICY,
+    DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS,
     Deployment,
     HandlerMeta,
     ManifestError,
@@ -54,7 +60,6 @@ UNTAGGED = DESERIALIZE + "data did not match any variant of untagged enum Regist
 FEATURES = {"vqueues": False, "protocol_v7": False}
 DURATION_FIELDS = ("idempotency_retention", "workflow_completion_retention", "journal_retention",
                    "inactivity_timeout", "abort_timeout")
-DEFAULT_RETRY_POLICY = RetryPolicy(500, 60_000, 70, 2.0, "PAUSE")  # Restate's default-retry-policy
 _MANIFEST_ERRORS = {  # ManifestError.kind -> (status, restate code, message prefix)
     "decode": (500, None, "received a bad response from the SDK that cannot be decoded: "),
     "bad_response": (500, "META0013", "[META0013] [META0013] received a bad response from the SDK: "),
@@ -71,11 +76,11 @@ class AdminSettings:
     advertised_ingress_url: str  # shown by GET /version (and later in OpenAPI documents)
     discovery_timeout_s: float = 10.0  # whole discovery, retries included, then 500 META0003
     server_version: str = "1.7.12"  # `version` of GET /version (the Restate release we mirror)
-    default_idempotency_retention_ms: int = 86_400_000
-    default_journal_retention_ms: int = 86_400_000  # 0 = journals not retained (field omitted)
-    default_workflow_completion_retention_ms: int = 86_400_000
-    default_inactivity_timeout_ms: int = 60_000
-    default_abort_timeout_ms: int = 600_000
+    default_idempotency_retention_ms: int = DEFAULT_IDEMPOTENCY_RETENTION_MS
+    default_journal_retention_ms: int = DEFAULT_JOURNAL_RETENTION_MS  # 0 = journals not retained (field omitted)
+    default_workflow_completion_retention_ms: int = DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS
+    default_inactivity_timeout_ms: int = DEFAULT_INACTIVITY_TIMEOUT_MS
+    default_abort_timeout_ms: int = DEFAULT_ABORT_TIMEOUT_MS
     default_retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY
     signer: Any = None  # request identity (partition.identity.RequestSigner) for discovery; None = unsigned
 

@@ -43,7 +43,12 @@ from ingress.paths import (
     parse_path,
     split_target,
 )
-from shardgate.schema import SchemaSnapshot
+from shardgate.schema import (
+    DEFAULT_IDEMPOTENCY_RETENTION_MS,
+    DEFAULT_JOURNAL_RETENTION_MS,
+    DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS,
+    SchemaSnapshot,
+)
 
 __all__ = ["ROUTE_KEY", "IngressApiSettings", "MetricsHook", "build_ingress_app"]
 
@@ -52,7 +57,6 @@ log = logging.getLogger(__name__)
 MetricsHook = Callable[[str, int, float], None]
 """Called once per request with (route label, HTTP status, duration in seconds)."""
 
-_DAY_MS = 24 * 60 * 60 * 1000
 # Route labels (small fixed set, for metrics): set on the request once the path is parsed.
 ROUTE_KEY = web.RequestKey("shardgate_route", str)
 ROUTE_INVALID = "invalid"  # path did not parse (400/404) or never reached the router
@@ -69,9 +73,9 @@ class IngressApiSettings:
 
     partitions: int  # fixed at deploy time; ids route to partition_of(pk, partitions)
     max_body_bytes: int = 32 * 1024 * 1024  # larger request bodies are answered 413
-    default_idempotency_retention_ms: int = _DAY_MS  # result kept this long for idempotent requests
-    default_workflow_retention_ms: int = _DAY_MS  # workflow run result kept this long
-    default_journal_retention_ms: int = _DAY_MS  # journal (and plain result) kept this long
+    default_idempotency_retention_ms: int = DEFAULT_IDEMPOTENCY_RETENTION_MS  # result kept for idempotent requests
+    default_workflow_retention_ms: int = DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS  # workflow run result kept
+    default_journal_retention_ms: int = DEFAULT_JOURNAL_RETENTION_MS  # journal (and plain result) kept
     concurrency_limit: int | None = None  # in-flight requests beyond this get 429; None = unlimited
     metrics: MetricsHook = _no_metrics  # per-request observation hook
     controlled_idempotent_sharding: bool = True  # generate idempotency keys for Service/VirtualObject calls

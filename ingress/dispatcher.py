@@ -7,7 +7,7 @@ suite (`tests/contract/`). Failures are raised as the `ingress.errors` types nam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -62,13 +62,6 @@ class SendReceipt:
     invocation_id: str
     status: SendStatus
     execution_time_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OutputQuery:
-    invocation_id: str
-    partition: int
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class Dispatcher(Protocol):

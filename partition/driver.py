@@ -32,12 +32,15 @@ from partition.protocol import Frame
 from partition.retry import policy_for
 from partition.scripts import Applied, Notified, Scripts, Target
 from sgproto.partition.v1 import partition_service_pb2 as pb
-from shardgate.schema import SchemaSnapshot, ServiceMeta
+from shardgate.schema import (
+    DEFAULT_ABORT_TIMEOUT_MS,
+    DEFAULT_INACTIVITY_TIMEOUT_MS,
+    SchemaSnapshot,
+    ServiceMeta,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INACTIVITY_TIMEOUT_MS = 60_000
-DEFAULT_ABORT_TIMEOUT_MS = 600_000
 MAX_IDLE_RESUMES = 3
 
 

@@ -31,7 +31,15 @@ from partition.sharding import (
 )
 from sgproto.partition.v1 import partition_service_pb2 as spb
 from sgproto.protocol.v1 import protocol_pb2 as pb
-from shardgate.schema import HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
+from shardgate.schema import (
+    DEFAULT_IDEMPOTENCY_RETENTION_MS,
+    DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS,
+    HandlerMeta,
+    HandlerType,
+    SchemaSnapshot,
+    ServiceMeta,
+    ServiceType,
+)
 
 CHILD_DEDUP_RETENTION_MS = 10 * 60 * 1000  # a called child's result is kept this long: re-delivered calls dedupe
 PROMISE_ALREADY_COMPLETED = (409, "promise was already completed")
@@ -85,17 +93,16 @@ class AttemptPlan:
         return bool(self.entries)
 
 
-DAY_MS = 24 * 60 * 60 * 1000
-
-
 def _child_retention_ms(meta: ServiceMeta, handler: HandlerMeta, idem: str | None) -> int:
     """How long a child's result is kept: a workflow run or an idempotent call keeps it for its
     retention (as from the ingress: the run-once and dedup guarantees depend on it); any other
     child only long enough for a re-delivered call to find it."""
     if handler.ty is HandlerType.WORKFLOW:
-        return _first(handler.workflow_completion_retention_ms, meta.workflow_completion_retention_ms, DAY_MS)
+        return _first(handler.workflow_completion_retention_ms, meta.workflow_completion_retention_ms,
+                      DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS)
     if idem:
-        return _first(handler.idempotency_retention_ms, meta.idempotency_retention_ms, DAY_MS)
+        return _first(handler.idempotency_retention_ms, meta.idempotency_retention_ms,
+                      DEFAULT_IDEMPOTENCY_RETENTION_MS)
     return CHILD_DEDUP_RETENTION_MS
 
 

@@ -32,14 +32,11 @@ Retired names are never reused for another meaning.
 
 from __future__ import annotations
 
-from shardgate.cluster import CLUSTER_KEY as CLUSTER  # noqa: F401  (listed for the schema table)
+CLUSTER = "sg:cluster"
+REGISTRY = "sg:registry"
 
 MEMBERS = "sg:members"
 ROUTES = "sg:routes"
-
-
-def tag(partition: int) -> str:
-    return f"sg:{{p{partition}}}:"
 
 
 def lease(partition: int) -> str:

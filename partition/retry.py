@@ -1,19 +1,25 @@
-"""Retry policy: exponential back-off between failed attempts (Restate 1.7 defaults)."""
+"""Retry policy: exponential back-off between failed attempts.
+
+The defaults are Restate 1.7's (`shardgate.schema.DEFAULT_RETRY_POLICY`); the manifest may
+override any field per service and per handler.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardgate.schema import HandlerMeta, ServiceMeta
+from shardgate.schema import DEFAULT_RETRY_POLICY, HandlerMeta, ServiceMeta
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    initial_interval_ms: int = 500
-    exponentiation_factor: float = 2.0
-    max_interval_ms: int = 60_000
-    max_attempts: int = 70  # including the first
-    on_max_attempts: str = "PAUSE"  # or "KILL"
+    """A fully resolved policy (every field set)."""
+
+    initial_interval_ms: int
+    exponentiation_factor: float
+    max_interval_ms: int
+    max_attempts: int  # including the first
+    on_max_attempts: str  # "PAUSE" or "KILL"
 
     def delay_ms(self, failed_attempts: int) -> int:
         """Delay before the next attempt after `failed_attempts` (>= 1) consecutive failures."""
@@ -24,25 +30,17 @@ class RetryPolicy:
         return failed_attempts >= self.max_attempts
 
 
-DEFAULT_POLICY = RetryPolicy()
+_FIELDS = ("initial_interval_ms", "exponentiation_factor", "max_interval_ms", "max_attempts", "on_max_attempts")
 
 
 def policy_for(service: ServiceMeta | None, handler: HandlerMeta | None) -> RetryPolicy:
     """Handler overrides beat service overrides beat the defaults, field by field."""
-    base = DEFAULT_POLICY
-    if service is None:
-        return base
-    layers = [service.retry_policy] + ([handler.retry_policy] if handler is not None else [])
-    values = {
-        "initial_interval_ms": base.initial_interval_ms,
-        "exponentiation_factor": base.exponentiation_factor,
-        "max_interval_ms": base.max_interval_ms,
-        "max_attempts": base.max_attempts,
-        "on_max_attempts": base.on_max_attempts,
-    }
-    for layer in layers:
-        for name in values:
-            v = getattr(layer, name)
-            if v is not None:
-                values[name] = v
-    return RetryPolicy(**values)  # type: ignore[arg-type]
+    layers = [DEFAULT_RETRY_POLICY]
+    if service is not None:
+        layers.append(service.retry_policy)
+        if handler is not None:
+            layers.append(handler.retry_policy)
+    values = {}
+    for name in _FIELDS:
+        values[name] = next(getattr(layer, name) for layer in reversed(layers) if getattr(layer, name) is not None)
+    return RetryPolicy(**values)

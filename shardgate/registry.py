@@ -28,6 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from partition.keys import REGISTRY as REGISTRY_KEY
 from shardgate.schema import (
     Deployment,
     SchemaSnapshot,
@@ -41,7 +42,6 @@ from shardgate.schema import (
 
 logger = logging.getLogger(__name__)
 
-REGISTRY_KEY = "sg:registry"
 VERSION_FIELD = "version"
 DEPLOYMENT_FIELD_PREFIX = "dp:"
 MAX_WRITE_ATTEMPTS = 50  # optimistic retries before `RegistryBusy`

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import cast
 
@@ -39,7 +38,6 @@ class Router:
         self._stubs: dict[str, pb_grpc.PartitionServiceStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._refreshing: asyncio.Task[None] | None = None
-        self._last_refresh = 0.0
         self._closing: set[asyncio.Future[None]] = set()
 
     def stub(self, partition: int) -> pb_grpc.PartitionServiceStub | None:
@@ -69,7 +67,6 @@ class Router:
             if 0 <= i < len(routes):
                 routes[i] = v.decode().split("|", 1)[0]
         self._routes = routes
-        self._last_refresh = time.monotonic()
         live = set(filter(None, routes))
         for addr in [a for a in self._channels if a not in live]:
             channel = self._channels.pop(addr)

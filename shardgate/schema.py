@@ -53,6 +53,20 @@ class RetryPolicy:
     on_max_attempts: str | None = None  # "PAUSE" | "KILL"
 
 
+# Restate 1.7's defaults for everything a manifest or the admin API may override. The one copy:
+# the ingress (retentions), the admin API (what it shows) and the workers (timeouts, retries) use it.
+DAY_MS = 24 * 60 * 60 * 1000
+DEFAULT_IDEMPOTENCY_RETENTION_MS = DAY_MS
+DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS = DAY_MS
+DEFAULT_JOURNAL_RETENTION_MS = DAY_MS
+DEFAULT_INACTIVITY_TIMEOUT_MS = 60_000
+DEFAULT_ABORT_TIMEOUT_MS = 600_000
+DEFAULT_RETRY_POLICY = RetryPolicy(
+    initial_interval_ms=500, max_interval_ms=60_000, max_attempts=70, exponentiation_factor=2.0,
+    on_max_attempts="PAUSE",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class HandlerMeta:
     """One handler of a service, with the input/output rules the ingress enforces."""

@@ -1244,7 +1244,8 @@ def test_attach_and_get_output_commands_get_a_terminal_failure_not_endless_retri
 def test_child_retention_follows_the_target() -> None:
     """A workflow run or an idempotent call made from a handler keeps its result for its retention
     (the run-once and dedup guarantees depend on it); a plain child only for re-deliveries."""
-    from partition.effects import CHILD_DEDUP_RETENTION_MS, DAY_MS, _child_retention_ms
+    from partition.effects import CHILD_DEDUP_RETENTION_MS, _child_retention_ms
+    from shardgate.schema import DAY_MS
 
     svc = ServiceMeta(name="Signup", ty=ServiceType.WORKFLOW, deployment_id="dp", handlers={})
     run = HandlerMeta(name="run", ty=HandlerType.WORKFLOW)
