@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test proto bench conformance clean
+.PHONY: install run test proto bench conformance vectors image clean
 
 install: $(STAMP)
 
@@ -21,8 +21,18 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/shardgate dev $(ARGS)
 
-test: install
+test: install lb-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# haproxy for `shardgate dev --load-balancer` and its tests, from the Debian packages (sudo unless root).
+.PHONY: lb-tools
+lb-tools:
+	@if command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || [ -n "$$SHARDGATE_HAPROXY" ]; then :; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing haproxy (apt-get install -y haproxy)"; \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y haproxy; \
+	fi
 
 # Regenerate the committed protobuf/gRPC modules under sgproto/ from proto/.
 proto: install
@@ -30,12 +40,36 @@ proto: install
 	  proto/sgproto/partition/v1/partition_service.proto
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. proto/sgproto/protocol/v1/protocol.proto
 
+# Re-capture the protocol vectors in tests/data/vectors from the real restate-sdk (see its README).
+vectors: install
+	$(PY) -m sgtools.vectors --out tests/data/vectors $(ARGS)
+
+# Build the container image (deploy/Dockerfile) with podman from Debian packages; no registry needed.
+image:
+	bash deploy/tools/build-image.sh
+
 bench: install
 	$(VENV)/bin/shardgate bench $(ARGS)
 
-# Serve the conformance deployment and run ../shared/conformance against a running `make run`.
+# shardgate against the real Restate 1.7.12 side by side (both installed and started by the script,
+# npm packages cached in .cache/compare), e.g. make compare ARGS="--deployment both --rounds 2".
+.PHONY: compare
+compare: install
+	$(PY) deploy/bench/compare.py $(ARGS)
+
+# Run the steering repository's conformance suite against a running `make run` (deploy/conformance.sh; not part of make test).
 conformance: install
 	bash deploy/conformance.sh
 
 clean:
 	rm -rf $(VENV) .shardgate-data *.egg-info
+
+# The chaos suite in full (tests/chaos, docs/chaos.md): real clusters under load, workers SIGKILLed and
+# SIGSTOPped, an ingress node SIGKILLed behind haproxy, Redis SIGKILLed, one worker cut off from Redis
+# or from the ingress in a network namespace (root; the test installs iptables with apt-get if missing).
+# Prints the table collected in .cache/chaos/report.md. `make test` runs its short version.
+.PHONY: chaos
+chaos: install lb-tools
+	$(PY) -m tests.chaos.report --reset
+	SHARDGATE_CHAOS=full $(PY) -m pytest -p no:cacheprovider tests/chaos -v $(PYTEST_ARGS); \
+	  status=$$?; $(PY) -m tests.chaos.report; exit $$status

@@ -1,4 +1,10 @@
-"""`python -m ingress`: one stateless ingress node (ingress API + admin API)."""
+"""`python -m ingress`: one stateless ingress node (ingress API + admin API).
+
+SIGTERM (or SIGINT) drains the node: `/restate/health` answers 503 at once and every response
+asks its client to close the connection, for SHARDGATE_SHUTDOWN_DELAY_S (default 0) while the node
+still serves, so load balancers take it out of rotation; then it stops accepting, lets in-flight
+requests finish for up to SHARDGATE_SHUTDOWN_GRACE_S (default 5), and exits.
+"""
 
 from __future__ import annotations
 

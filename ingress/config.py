@@ -6,13 +6,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shardgate import redisconn
 from shardgate.envconfig import env_bool, env_float, env_int, env_opt_int, env_str, mask_url
 
 
 @dataclass(frozen=True)
 class IngressConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis holding the registry, membership and routing table (SHARDGATE_REDIS_URL)."""
+    """Redis holding the registry, membership and routing table (SHARDGATE_REDIS_URL; credentials
+    as `redis://user:password@host`, TLS as `rediss://`; `from_env` adds the
+    SHARDGATE_REDIS_TLS_{CA_FILE,CERT_FILE,KEY_FILE,VERIFY} settings as URL options,
+    see `shardgate.redisconn`)."""
     partitions: int = 64
     """Must equal the cluster's stored partition count (SHARDGATE_PARTITIONS)."""
     bind_host: str = "127.0.0.1"
@@ -40,6 +44,24 @@ class IngressConfig:
     request_identity_key_file: str | None = None
     """Ed25519 PKCS#8 PEM signing discovery requests; use the workers' key
     (SHARDGATE_REQUEST_IDENTITY_KEY_FILE)."""
+    shutdown_delay_s: float = 0.0
+    """On SIGTERM, how long the node keeps serving while `/restate/health` answers 503, so load
+    balancers stop sending to it before it stops accepting (SHARDGATE_SHUTDOWN_DELAY_S)."""
+    shutdown_grace_s: float = 5.0
+    """Then, after it stopped accepting, how long in-flight requests may take to finish before
+    the node exits anyway (SHARDGATE_SHUTDOWN_GRACE_S)."""
+    scopes_enabled: bool = True
+    """Serve `/restate/scope/{scope}/...` (SHARDGATE_SCOPES_ENABLED); false restores Restate's 400
+    `scoped invocations require vqueues to be enabled`."""
+    ingress_auth_file: str | None = None
+    """Credentials (JSON or TOML, see docs/auth.md) every ingress request must present, except
+    `/restate/health`; unset = the ingress API is open (SHARDGATE_INGRESS_AUTH_FILE)."""
+    admin_auth_file: str | None = None
+    """Credentials for the admin API, except `/health` and `/metrics`; may be the ingress's file
+    (only entries granting `admin` pass); unset = the admin API is open (SHARDGATE_ADMIN_AUTH_FILE)."""
+    auth_reload_interval_s: float = 1.0
+    """How often the credential files are checked for a change and re-read; SIGHUP re-reads them
+    at once (SHARDGATE_AUTH_RELOAD_INTERVAL_S)."""
     log_level: str = "INFO"
     """SHARDGATE_LOG_LEVEL."""
     log_json: bool = True
@@ -51,7 +73,7 @@ class IngressConfig:
         bind = env_str(env, "BIND_HOST", cls.bind_host)
         port = env_int(env, "INGRESS_PORT", cls.ingress_port, minimum=0)
         return cls(
-            redis_url=env_str(env, "REDIS_URL", cls.redis_url),
+            redis_url=redisconn.redis_url_from_env(env, cls.redis_url),
             partitions=env_int(env, "PARTITIONS", cls.partitions, minimum=1),
             bind_host=bind,
             ingress_port=port,
@@ -65,6 +87,12 @@ class IngressConfig:
             registry_poll_interval_s=env_float(env, "REGISTRY_POLL_INTERVAL_S", cls.registry_poll_interval_s),
             redis_timeout_s=env_float(env, "REDIS_TIMEOUT_S", cls.redis_timeout_s),
             request_identity_key_file=env_str(env, "REQUEST_IDENTITY_KEY_FILE", "") or None,
+            shutdown_delay_s=env_float(env, "SHUTDOWN_DELAY_S", cls.shutdown_delay_s),
+            shutdown_grace_s=env_float(env, "SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            scopes_enabled=env_bool(env, "SCOPES_ENABLED", cls.scopes_enabled),
+            ingress_auth_file=env_str(env, "INGRESS_AUTH_FILE", "") or None,
+            admin_auth_file=env_str(env, "ADMIN_AUTH_FILE", "") or None,
+            auth_reload_interval_s=env_float(env, "AUTH_RELOAD_INTERVAL_S", cls.auth_reload_interval_s),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_json=env_bool(env, "LOG_JSON", cls.log_json),
         )

@@ -61,14 +61,17 @@ for _unit, _names in {
     for _name in _names.split():
         _DESIGNATORS[_name] = _unit
 
-_BARE_INT = re.compile(r"\d+")
-_UNIT_VALUE = re.compile(r"(\d+)(?:[.,](\d{1,9}))?[ \t]*([a-zA-Zµμ]*)")
-_HMS = re.compile(r"(\d+):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?")
+# ASCII digits only (`re.ASCII`): `\d` alone would also take other scripts' digits, which jiff refuses.
+_BARE_INT = re.compile(r"\d+", re.ASCII)
+_UNIT_VALUE = re.compile(r"(\d+)(?:[.,](\d{1,9}))?[ \t]*([a-zA-Zµμ]*)", re.ASCII)
+_HMS = re.compile(r"(\d+):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?", re.ASCII)
 _ISO = re.compile(
     r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?"
     r"(?:(T)(?:(\d+)(?:[.,](\d{1,9}))?H)?(?:(\d+)(?:[.,](\d{1,9}))?M)?(?:(\d+)(?:[.,](\d{1,9}))?S)?)?",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
+_DIGITS = frozenset("0123456789")
+_I64_DIGITS = 19  # more significant digits than this cannot be an i64, which jiff parses into
 _ISO_UNITS = ("year", "month", "week", "day")
 _ISO_TIME_UNITS = ("hour", "minute", "second")
 
@@ -94,18 +97,20 @@ def delay_from_query(query: str | None) -> int | None:
 
 
 def parse_delay_ms(value: str) -> int:
-    """Parse one delay value into non-negative milliseconds (sub-ms remainders truncated)."""
+    """Parse one delay value into non-negative milliseconds (sub-ms remainders truncated).
+
+    Raises `DelayError` (and nothing else) for any value that does not parse or is out of range."""
     if not value:
         raise DelayError(_EMPTY)
     if _BARE_INT.fullmatch(value):  # deviation: bare integer = milliseconds ("0" included)
-        ms = int(value)
+        ms = _integer(value)
         if ms > _UNITS["millisecond"][2]:
             raise DelayError(_range_error("millisecond", ms))
         return ms
     i = 1 if value[0] in "+-" else 0
     negative = value[0] == "-"
     if i and _BARE_INT.fullmatch(value, 1):  # signed bare integer: milliseconds too
-        if negative and int(value[1:]):
+        if negative and _integer(value[1:]):
             raise DelayError(_NEGATIVE)
         return parse_delay_ms(value[1:])
     if value[i : i + 1] in ("P", "p"):
@@ -118,6 +123,14 @@ def parse_delay_ms(value: str) -> int:
     return total_ns // _MS_NS
 
 
+def _integer(digits: str) -> int:
+    """The value of a run of ASCII digits; one too long for an i64 raises DelayError (jiff's text),
+    before Python's own limit on converting long digit strings could."""
+    if len(digits.lstrip("0")) > _I64_DIGITS:
+        raise DelayError(f"number `{digits[:40]}` too big to parse into 64-bit integer")
+    return int(digits)
+
+
 def _range_error(unit: str, n: int) -> str:
     limit = _UNITS[unit][2]
     return f"failed to set value for {unit} unit on span: parameter '{unit}s' with value {n} is not in the required range of -{limit}..={limit}"
@@ -126,7 +139,7 @@ def _range_error(unit: str, n: int) -> str:
 def _amount_ns(unit: str, whole: str, frac: str | None) -> int:
     """Nanoseconds of `whole[.frac]` units; years/months and out-of-range values raise."""
     _, unit_ns, limit = _UNITS[unit]
-    n = int(whole)
+    n = _integer(whole)
     if n > limit:
         raise DelayError(_range_error(unit, n))
     if unit_ns == 0:  # year or month
@@ -168,7 +181,7 @@ def _parse_iso(s: str) -> int:
 def _parse_friendly(s: str, pos: int) -> tuple[int, bool]:
     """Parse jiff's friendly format from `pos`; returns (nanoseconds, has `ago` suffix)."""
     n = len(s)
-    if pos >= n or not s[pos].isdigit():
+    if pos >= n or s[pos] not in _DIGITS:
         raise DelayError(_FRIENDLY + _NO_START)
     total = 0
     last_unit: str | None = None
@@ -212,7 +225,7 @@ def _parse_friendly(s: str, pos: int) -> tuple[int, bool]:
                 raise DelayError(_FRIENDLY + f"expected whitespace after comma, but found `{s[pos]}`")
             while pos < n and s[pos] in " \t":
                 pos += 1
-        if frac or pos >= n or not s[pos].isdigit():
+        if frac or pos >= n or s[pos] not in _DIGITS:
             break
     rest = s[pos:].strip(" \t")
     if not rest:

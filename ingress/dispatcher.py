@@ -11,12 +11,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from shardgate.kinds import HandlerKind
 
-class HandlerKind(str, Enum):
-    SERVICE = "service"  # plain service handler
-    EXCLUSIVE = "exclusive"  # virtual object, takes the key lock
-    SHARED = "shared"  # virtual object / workflow shared handler
-    WORKFLOW = "workflow"  # workflow main handler (run once per key)
+__all__ = ["HandlerKind"]  # re-exported: handlers build requests with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +32,8 @@ class InvocationRequest:
     completion_retention_ms: int = 0  # how long the result stays retrievable after completion
     journal_retention_ms: int = 0
     execution_time_ms: int | None = None  # delayed send: absolute epoch ms
+    scope: str | None = None  # flow-control scope (`/restate/scope/{scope}/...`)
+    limit_key: str | None = None  # validated limit key `l1` or `l1/l2`; only with a scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +45,7 @@ class Outcome:
     failure_code: int = 0  # 0 = success
     failure_message: str = ""
     expires_ms: int | None = None  # when the retained result is purged; None = not announced
+    failure_metadata: tuple[tuple[str, str], ...] = ()  # the TerminalError's metadata, sorted by key
 
     @property
     def ok(self) -> bool:
@@ -62,6 +62,29 @@ class SendReceipt:
     invocation_id: str
     status: SendStatus
     execution_time_ms: int | None = None
+
+
+class Command(str, Enum):
+    """A lifecycle command of the admin API (`PATCH /invocations/{id}/<command>`)."""
+
+    CANCEL = "cancel"
+    KILL = "kill"
+    PURGE = "purge"
+    PURGE_JOURNAL = "purge-journal"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+class CommandOutcome(str, Enum):
+    """What a lifecycle command found and did."""
+
+    DONE = "done"  # took effect (cancel: a never-started invocation was removed, its callers answered)
+    APPENDED = "appended"  # cancel: the cancel signal is in the journal; the handler decides
+    ALREADY = "already"  # pause: already paused; resume: already running
+    NOT_FOUND = "not_found"  # no such invocation
+    COMPLETED = "completed"  # already completed: nothing to cancel, kill, pause or resume
+    NOT_COMPLETED = "not_completed"  # purge of an invocation that has not completed
+    WRONG_STATE = "wrong_state"  # pause of one not running; resume of an inboxed or scheduled one
 
 
 class Dispatcher(Protocol):
@@ -90,4 +113,10 @@ class Dispatcher(Protocol):
     async def signal(self, invocation_id: str, partition: int, key: str, frame: bytes) -> None:
         """Append a signal notification (awakeable completion) to an invocation's journal, once
         per `key`. A target that does not exist (any more) is not an error."""
+        ...
+
+    async def manage(self, invocation_id: str, partition: int, command: Command) -> CommandOutcome:
+        """Apply a lifecycle command to an invocation (one transition on its partition). Kill
+        answers its waiting callers 409 `killed`; a cancel that removes a never-started invocation
+        answers them 409 `cancelled`. Raises only `PartitionUnavailable`."""
         ...

@@ -1,24 +1,31 @@
 """Ingress error family (the one HTTP status table lives at the bottom of this module).
 
 Every error answered to a client is an `IngressError`: status, message and source
-(`ingress` or `invocation`), rendered as {"code","message","source"} with the
-`x-restate-error-source` header (and `x-restate-id` when `invocation_id` is set).
-Messages follow Restate 1.7 (`crates/ingress-http/src/handler/error.rs`) word for word.
+(`ingress` or `invocation`). The ingress API renders it as {"code","message","source"} with the
+`x-restate-error-source` header (and `x-restate-id` when `invocation_id` is set); the admin API
+renders it as {"message","restate_code"}. Both take the status from the one table below.
+Messages follow Restate 1.7 (`crates/ingress-http/src/handler/error.rs`,
+`crates/admin/src/rest_api/error.rs`) word for word.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class IngressError(Exception):
-    """Base of every error the ingress answers with a JSON body."""
+    """Base of every error the ingress and admin APIs answer (see the module docstring for shapes)."""
 
     status: int = 500
     source: str = "ingress"
 
-    def __init__(self, message: str, *, invocation_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, invocation_id: str | None = None, restate_code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.invocation_id = invocation_id
+        self.restate_code = restate_code  # Restate's error code (`META0003` ...), admin API only
 
 
 class BadRequest(IngressError):
@@ -34,6 +41,24 @@ class MethodNotAllowed(IngressError):
 
     def __init__(self, message: str = "method not allowed", *, invocation_id: str | None = None) -> None:
         super().__init__(message, invocation_id=invocation_id)
+
+
+class RouteNotFound(NotFound):
+    """No admin route matches the path (a JSON 404 like every other admin error)."""
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"no admin route for {method} {path}")
+
+
+class RouteMethodNotAllowed(MethodNotAllowed):
+    """An admin path that exists, but not with this method; a JSON 405 with an `allow` header
+    (GET and HEAD first, then the rest alphabetically, as Restate lists them)."""
+
+    def __init__(self, method: str, path: str, allowed: Iterable[str]) -> None:
+        super().__init__(f"{method} is not allowed on {path}")
+        methods = set(allowed)
+        first = [m for m in ("GET", "HEAD") if m in methods]
+        self.allowed: tuple[str, ...] = (*first, *sorted(methods - set(first)))
 
 
 class PayloadTooLarge(IngressError):
@@ -55,6 +80,16 @@ class Overloaded(IngressError):
         retry_after_s: float = 1.0,
         invocation_id: str | None = None,
     ) -> None:
+        super().__init__(message, invocation_id=invocation_id)
+        self.retry_after_s = retry_after_s
+
+
+class ScopeLimited(IngressError):
+    """A scope's `on_limit: reject` rule refused the call or send: its rate (or concurrency) limit
+    has no room now; nothing was stored, and retrying after `retry_after_s` may succeed."""
+
+    def __init__(self, message: str = "too many requests: the scope's limit is reached. Retry later.", *,
+                 retry_after_s: float = 1.0, invocation_id: str | None = None) -> None:
         super().__init__(message, invocation_id=invocation_id)
         self.retry_after_s = retry_after_s
 
@@ -90,8 +125,50 @@ class PartitionUnavailable(IngressError):
         self.retry_after_s = retry_after_s
 
 
+class Conflict(IngressError):
+    """The request conflicts with what is registered (deployment exists, service type change)."""
+
+
+class TooEarly(IngressError):
+    """A command the invocation cannot take yet: resuming one that has not started (admin API)."""
+
+
+class Gone(IngressError):
+    """What a command needs is no longer kept: restart-as-new of an invocation whose journal (its
+    input) was not retained or was purged (admin API)."""
+
+
+class UnsupportedMediaType(IngressError):
+    """The admin API expected a JSON body (`Content-Type: application/json`)."""
+
+
+class UnprocessableEntity(IngressError):
+    """A JSON body that parses but does not have the expected shape (admin API)."""
+
+
+class DeploymentError(IngressError):
+    """The deployment could not be discovered or answered an unusable manifest (admin API).
+
+    `restate_code` names Restate's code when there is one (`META0003` unreachable, `META0012`
+    unsupported protocol, `META0013` bad response).
+    """
+
+
+class RegistryUnavailable(IngressError):
+    """The schema registry (Redis) is unreachable or too contended; nothing changed, retry is safe."""
+
+
 class InternalError(IngressError):
     """An unexpected failure inside the ingress (logged; never carries internals to the client)."""
+
+
+class Unauthorized(IngressError):
+    """No credential, or one that is malformed, expired, unknown or wrongly signed (auth on); the
+    answer carries `WWW-Authenticate: Bearer` (`ingress.auth`)."""
+
+
+class Forbidden(IngressError):
+    """A valid credential that is not allowed the target (service, handler, scope or admin API)."""
 
 
 # ---- the one HTTP status table ------------------------------------------------------------------
@@ -101,13 +178,25 @@ HTTP_STATUS: dict[type[IngressError], int] = {
     BadRequest: 400,
     OutputNotSupported: 400,
     NotFound: 404,
+    RouteNotFound: 404,
     InvocationNotFound: 404,
     MethodNotAllowed: 405,
+    RouteMethodNotAllowed: 405,
+    Conflict: 409,
+    TooEarly: 425,
+    Gone: 410,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    UnprocessableEntity: 422,
     Overloaded: 429,
+    ScopeLimited: 429,
     InvocationNotReady: 470,
     InternalError: 500,
+    Unauthorized: 401,
+    Forbidden: 403,
+    DeploymentError: 500,
     PartitionUnavailable: 503,
+    RegistryUnavailable: 503,
 }
 
 for _cls, _status in HTTP_STATUS.items():

@@ -17,13 +17,13 @@ from typing import ClassVar
 from urllib.parse import unquote_to_bytes
 
 from ingress.errors import BadRequest, NotFound
-from partition.sharding import (
+from shardgate.schema import ServiceType
+from shardgate.sharding import (
     InvocationId,
     InvocationIdError,
     idempotent_invocation_id,
     workflow_invocation_id,
 )
-from shardgate.schema import ServiceType
 
 ServiceTypeLookup = Callable[[str], "ServiceType | None"]
 
@@ -47,6 +47,7 @@ BAD_RESTATE_API_PATH = (
     "/restate/scope/:scope/call/:service/:handler, /restate/attach/:invocation_id, "
     "/restate/output/:invocation_id, or /restate/lookup"
 )
+BAD_TARGET_ENCODING = "bad path, the request target is not valid UTF-8"
 _RESTRICTED = re.compile(r"[A-Za-z0-9_.\-]+")  # scope and limit-key components
 _RESTRICTED_MAX_LEN = 36
 
@@ -166,6 +167,13 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """GET /restate/invocation/{id}/status (beyond Restate 1.7: `ingress.handlers.status`)."""
+
+    invocation_id: InvocationId
+
+
+@dataclass(frozen=True, slots=True)
 class Awakeable:
     """POST /restate/awakeables/{id}/resolve|reject (alias prefix /restate/a/)."""
 
@@ -183,6 +191,7 @@ ParsedRequest = (
     | Lookup
     | Health
     | Awakeable
+    | StatusRequest
 )
 
 _TARGET_ATTACH = TargetAttach()
@@ -198,18 +207,36 @@ def split_target(raw_target: str) -> tuple[str, str | None]:
     """Split a raw request target into (normalised path, raw query or None).
 
     Trailing slashes are trimmed and leading ones collapsed, like tower-http's
-    `NormalizePath::trim_trailing_slash`; the root stays `/`.
+    `NormalizePath::trim_trailing_slash`; the root stays `/`. A target with bytes that are not
+    UTF-8 raises `BadRequest`, as Restate's HTTP stack refuses such a URI, so every string the
+    parsers see afterwards is UTF-8 (aiohttp's C parser already answers non-ASCII request lines
+    with its own 400; its pure-Python parser hands the bytes over as lone surrogates).
     """
+    if not raw_target.isascii() and not _is_utf8(raw_target):
+        raise BadRequest(BAD_TARGET_ENCODING)
     path, sep, query = raw_target.partition("?")
     if path.endswith("/") or path.startswith("//"):
         path = "/" + path.strip("/")
     return path, (query if sep else None)
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether `text` holds no lone surrogate, i.e. came from valid UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode_key(segment: str) -> str:
-    """Percent-decode a key/scope segment as UTF-8 (no `+` handling), Restate's `urlencoding::decode`."""
+    """Percent-decode a key/scope segment as UTF-8 (no `+` handling), Restate's `urlencoding::decode`.
+
+    Raises `BadRequest` when the decoded bytes (or the segment itself) are not UTF-8."""
     if "%" not in segment:
         return segment
+    if not _is_utf8(segment):
+        raise BadRequest(BAD_TARGET_ENCODING)
     raw = unquote_to_bytes(segment)
     try:
         return raw.decode("utf-8")
@@ -352,8 +379,9 @@ def _attach_or_output(last: str, query: InvocationQuery) -> AttachRequest | Outp
     raise NotFound(NOT_FOUND)
 
 
-def _legacy_invocation(rest: list[str], service_type: ServiceTypeLookup) -> AttachRequest | OutputRequest:
-    """`/restate/invocation/{id}/attach|output` or `.../{svc}[/{key}]/{handler}/{idem}/attach|output`.
+def _legacy_invocation(rest: list[str],
+                       service_type: ServiceTypeLookup) -> AttachRequest | OutputRequest | StatusRequest:
+    """`/restate/invocation/{id}/attach|output|status` or `.../{svc}[/{key}]/{handler}/{idem}/attach|output`.
 
     Segments after the verb are ignored, as in Restate.
     """
@@ -362,6 +390,8 @@ def _legacy_invocation(rest: list[str], service_type: ServiceTypeLookup) -> Atta
         raise BadRequest(BAD_INVOCATION_PATH)
     if n == 2:
         last = rest[1]
+        if last == "status":
+            return StatusRequest(parse_invocation_id(rest[0]))
         if last != "output" and last != "attach":
             raise NotFound(NOT_FOUND)
         return _attach_or_output(last, ByInvocationId(parse_invocation_id(rest[0])))

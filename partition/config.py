@@ -7,13 +7,17 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shardgate import redisconn
 from shardgate.envconfig import ConfigError, env_bool, env_float, env_int, env_str, mask_url
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """The Redis holding all durable state (SHARDGATE_REDIS_URL)."""
+    """The Redis holding all durable state (SHARDGATE_REDIS_URL; credentials as
+    `redis://user:password@host`, TLS as `rediss://`; `from_env` adds the
+    SHARDGATE_REDIS_TLS_{CA_FILE,CERT_FILE,KEY_FILE,VERIFY} settings as URL options,
+    see `shardgate.redisconn`)."""
     partitions: int = 64
     """Partition count P; fixed at first start, a mismatch refuses to start (SHARDGATE_PARTITIONS)."""
     worker_id: str = ""
@@ -34,6 +38,10 @@ class PartitionConfig:
     """TCP connect timeout towards deployments (SHARDGATE_DEPLOYMENT_CONNECT_TIMEOUT_S)."""
     max_concurrent_invocations: int = 10000
     """In-flight attempts per worker; more wait for a slot (SHARDGATE_MAX_CONCURRENT_INVOCATIONS)."""
+    drain_grace_s: float = 3.0
+    """On SIGTERM, how long running attempts get to record their transition before the partitions
+    are handed back; shorter than the lease TTL and than Kubernetes' termination grace
+    (SHARDGATE_DRAIN_GRACE_S)."""
     redis_timeout_s: float = 5.0
     """Socket timeout of every Redis command (SHARDGATE_REDIS_TIMEOUT_S)."""
     max_protocol_version: int = 6
@@ -51,7 +59,7 @@ class PartitionConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> PartitionConfig:
         env = os.environ if env is None else env
         return cls(
-            redis_url=env_str(env, "REDIS_URL", cls.redis_url),
+            redis_url=redisconn.redis_url_from_env(env, cls.redis_url),
             partitions=env_int(env, "PARTITIONS", cls.partitions, minimum=1),
             worker_id=env_str(env, "WORKER_ID", "") or f"{socket.gethostname()}-{os.getpid()}",
             bind_host=env_str(env, "BIND_HOST", cls.bind_host),
@@ -67,6 +75,7 @@ class PartitionConfig:
                 env, "MAX_CONCURRENT_INVOCATIONS", cls.max_concurrent_invocations, minimum=1
             ),
             redis_timeout_s=env_float(env, "REDIS_TIMEOUT_S", cls.redis_timeout_s),
+            drain_grace_s=env_float(env, "DRAIN_GRACE_S", cls.drain_grace_s),
             max_protocol_version=_protocol_version(env_int(env, "MAX_PROTOCOL_VERSION", cls.max_protocol_version)),
             request_identity_key_file=env_str(env, "REQUEST_IDENTITY_KEY_FILE", "") or None,
             log_level=env_str(env, "LOG_LEVEL", cls.log_level).upper(),

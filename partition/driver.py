@@ -1,333 +1,266 @@
-"""The invocation driver: takes accepted invocations to completion, one attempt at a time.
+"""The attempt engine: takes one invocation to its next stop, one attempt at a time.
 
 Each attempt replays the stored journal to the deployment (`invoker.py`), its frames are planned
 into one transition (`effects.py`) and applied by `apply.lua`; a failed attempt backs off,
-pauses or completes with the failure per the retry policy. Only what can be rebuilt from Redis
-is kept in memory: the drivers running here (per partition, so losing a partition stops its
-attempts at once) and the fence token each runs under. A new owner resumes a partition's
-invoked invocations from its `active` set; timers and notifications wake suspended ones.
-
-The service (`service.py`) owns one `Driver` and hands it what it needs: the `tokens` of the
-partitions it owns, `resolve` to answer callers waiting for a result, `awaited` to ask whether
-anyone waits, and `poke` to nudge a partition's timer and outbox loops.
+pauses or completes with the failure per the retry policy. The engine is shared by every
+partition of the worker (one bound on attempts in flight); everything about a partition — its
+fence token, its waiters, which invocations run there, what to do after a reply was lost — is
+its `PartitionLeader`'s (`leader.py`), which the engine reaches through the `Lead` protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Coroutine
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Protocol
 
-from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from partition import keys, protocol
-from partition.effects import AttemptPlan, PlanContext, PlanError, count_commands, plan_attempt
+from partition.effects import (
+    AttemptPlan,
+    PlanContext,
+    PlanError,
+    count_commands,
+    plan_attempt,
+    without_journal,
+)
 from partition.errors import DeploymentError, Fenced
+from partition.invocation import InvocationRecord, Result, Status, rpc_result
 from partition.invoker import AttemptInput, Invoker
 from partition.metrics import IN_FLIGHT, INVOCATIONS
-from partition.protocol import Frame
-from partition.retry import policy_for
-from partition.scripts import Applied, Notified, Scripts, Target
+from partition.retry import FailureAction, after_failure, policy_for
+from partition.scripts import Applied, Scripts, Target
+from partition.transition import ApplyOutcome, AttemptFailed, End, Op, Suspend, Terminal, TerminalKind
 from sgproto.partition.v1 import partition_service_pb2 as pb
-from shardgate.schema import (
-    DEFAULT_ABORT_TIMEOUT_MS,
-    DEFAULT_INACTIVITY_TIMEOUT_MS,
-    SchemaSnapshot,
-    ServiceMeta,
-)
+from sgproto.protocol.v1 import protocol_pb2 as protocol_pb
+from shardgate.clock import SYSTEM_CLOCK, Clock
+from shardgate.protocol import Frame
+from shardgate.schema import SchemaSnapshot, ServiceMeta, effective_settings
 
 log = logging.getLogger(__name__)
 
+APPLY_RETRY_MIN_S = 0.05
+APPLY_RETRY_MAX_S = 1.0
+"""Back-off of an `apply` retried while Redis cannot be reached."""
 MAX_IDLE_RESUMES = 3
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def result(rc: int, rm: str, rv: bytes, expires_ms: int | None) -> pb.Result:
-    """An invocation's result as the RPCs return it (`expires_ms` only when known)."""
-    r = pb.Result(value=rv, failure_code=rc, failure_message=rm)
-    if expires_ms is not None:
-        r.expires_ms = expires_ms
-    return r
+MAX_FAILURE_MESSAGE = 2000
 
 
 @dataclass(slots=True)
-class _Run:
+class Run:
     """One invocation being driven here: what the next attempt replays."""
 
     target: Target
     token: str
-    fields: dict[bytes, bytes]
+    record: InvocationRecord
     state: dict[bytes, bytes]
     journal: list[bytes]
     idle_resumes: int = 0  # consecutive RESUMEs whose attempt stored nothing new
-    failures: int = 0
-
-    @property
-    def kind(self) -> str:
-        return self.fields.get(b"kind", b"service").decode()
 
 
-def _text(fields: dict[bytes, bytes], name: bytes) -> str:
-    raw = fields.get(name)
-    return "" if raw is None else raw.decode()
+def _target(partition: int, inv_id: str, record: InvocationRecord) -> Target:
+    return Target.of(partition, inv_id, record)
 
 
-def _target(partition: int, inv_id: str, fields: dict[bytes, bytes]) -> Target:
-    key = fields[b"key"].decode() if b"key" in fields else None
-    return Target(partition, inv_id, _text(fields, b"svc"), key)
-
-
-def _terminal(plan: AttemptPlan) -> list[Any]:
-    """The `apply.lua` terminal of an attempt that ended or suspended."""
-    if plan.terminal == "END":
+def _terminal(plan: AttemptPlan) -> Terminal:
+    """The `apply` terminal of an attempt that ended or suspended."""
+    if plan.terminal is TerminalKind.END:
         assert plan.result is not None
-        rc, rm, rv = plan.result
-        return ["END", rc, rm, rv]
-    return ["SUSPEND", plan.awaiting]
+        return End(plan.result)
+    return Suspend(plan.awaiting, os.urandom(8))
 
 
-def _attempt_input(run: _Run, meta: ServiceMeta) -> AttemptInput:
+def _attempt_input(run: Run, meta: ServiceMeta, now: int) -> AttemptInput:
     """What the deployment gets for the next attempt: the stored journal and (eager) state."""
-    t = run.target
-    handler = meta.handlers.get(_text(run.fields, b"hdl"))
-
-    def setting(name: str, default: Any) -> Any:
-        """The handler's value, else the service's, else `default`."""
-        v = getattr(handler, name, None) if handler is not None else None
-        return v if v is not None else (getattr(meta, name) if getattr(meta, name) is not None else default)
-
-    lazy = bool(setting("enable_lazy_state", False))
-    keyed = run.kind != "service"
+    t, rec = run.target, run.record
+    settings = effective_settings(meta, meta.handlers.get(rec.handler))
+    lazy = settings.enable_lazy_state
+    keyed = rec.kind.keyed
     return AttemptInput(
-        invocation_id=t.invocation_id, service=t.service, handler=_text(run.fields, b"hdl"), key=t.key,
-        keyed=keyed, input_frame=run.fields[b"in"], journal=run.journal,
+        invocation_id=t.invocation_id, service=t.service, handler=rec.handler, key=t.key,
+        keyed=keyed, input_frame=rec.input_frame, journal=run.journal,
         state={} if lazy else run.state, partial_state=lazy or not keyed,
-        retry_count=int(run.fields.get(b"att", b"0")),
-        duration_since_last_entry_ms=max(0, now_ms() - int(run.fields.get(b"lg", b"0") or 0)),
+        retry_count=rec.attempts, duration_since_last_entry_ms=max(0, now - rec.last_growth_ms),
         # Request-response: the request body is closed at once, so the inactivity timeout
         # (which would ask the SDK to suspend) runs out first, then the abort timeout.
-        attempt_timeout_s=(setting("inactivity_timeout_ms", DEFAULT_INACTIVITY_TIMEOUT_MS)
-                           + setting("abort_timeout_ms", DEFAULT_ABORT_TIMEOUT_MS)) / 1000,
+        attempt_timeout_s=settings.attempt_timeout_ms / 1000,
     )
 
 
-class Driver:
-    """Runs the attempts of the invocations this process drives, per owned partition."""
+class Lead(Protocol):
+    """What the engine needs of the partition leader an invocation runs under."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, invoker: Invoker, schema: Callable[[], SchemaSnapshot],
-                 partitions: int, max_concurrent: int, tokens: dict[int, str],
-                 resolve: Callable[[str, pb.Result], None], awaited: Callable[[str], bool],
-                 poke: Callable[[int, bool, bool], None]) -> None:
-        self._redis = redis
+    partition: int
+    token: str
+
+    def resolve(self, invocation_id: str, result: pb.Result) -> None:
+        """Answer every caller waiting here for the invocation's result."""
+
+    def awaited(self, invocation_id: str) -> bool:
+        """Does anyone wait here for this invocation's result?"""
+
+    def poke(self, timers: bool, outbox: bool) -> None:
+        """New entries for the partition's timer set / outbox."""
+
+    def start(self, run: Run) -> None:
+        """Drive an invocation whose record, state and journal are already known."""
+
+    def resume(self, invocation_id: str) -> None:
+        """(Re)start an invocation from storage."""
+
+
+class LeaseCheck(Protocol):
+    """Partition leases as this worker's clock sees them (`partition.leases.Ownership`)."""
+
+    def lease_valid(self, partition: int) -> bool: ...
+
+    async def confirm_lease(self, partition: int) -> bool: ...
+
+
+class OutcomeStored(Exception):
+    """A retried `apply` found the attempt's outcome stored by an earlier try whose reply was lost."""
+
+
+class Driver:
+    """Runs attempts for every partition leader of this worker, at most `max_concurrent` at once."""
+
+    def __init__(self, scripts: Scripts, invoker: Invoker, schema: Callable[[], SchemaSnapshot],
+                 partitions: int, max_concurrent: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self._scripts = scripts
         self._invoker = invoker
         self._schema = schema
         self._partitions = partitions
         self._slots = asyncio.Semaphore(max_concurrent)
-        self.tokens = tokens  # partition -> fence token of the partitions this process owns
-        self._resolve = resolve  # answer the callers waiting here for an invocation's result
-        self._awaited = awaited  # does anyone wait here for this invocation's result?
-        self._poke = poke  # (partition, timers, outbox): new work for the partition's loops
-        self._running: dict[str, str] = {}  # invocation id -> fence token of its driver
-        self._rewake: set[str] = set()  # woken while their driver was finishing: resume after it
-        self._drivers: dict[int, dict[str, asyncio.Task[Any]]] = {}  # partition -> id -> driver
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._clock = clock
+        self._admitting = asyncio.Event()  # cleared by quiesce(): no new step starts
+        self._admitting.set()
+        self._holds: dict[int, asyncio.Event] = {}  # partitions being handed over: no new step
+        self._busy: dict[int, int] = {}  # partition -> steps between an attempt's start and its transition
+        self._idle: dict[int, asyncio.Event] = {}  # partition -> set while none runs
+        self.leases: LeaseCheck | None = None
+        """The worker's `Ownership`: right before an attempt is sent to the deployment, its lease
+        must hold by this worker's clock (None: not checked, as in tests without ownership)."""
 
-    # ---- the service's interface ---------------------------------------------------------
-    def start(self, t: Target, token: str, fields: dict[bytes, bytes], state: dict[bytes, bytes]) -> None:
-        """Drive a just-accepted invocation (empty journal), unless it is driven here already."""
-        self._start(_Run(t, token, fields, state, []))
+    @property
+    def schema(self) -> Callable[[], SchemaSnapshot]:
+        """The schema snapshot source every attempt reads."""
+        return self._schema
 
-    def resume(self, p: int, token: str, inv_id: str) -> None:
-        """Restart an invoked invocation from storage, unless it is driven here under `token`."""
-        if self._running.get(inv_id) != token:
-            self._spawn(self._resume_one(p, token, inv_id))
+    @property
+    def partitions(self) -> int:
+        return self._partitions
 
-    def resume_partition(self, p: int, token: str) -> None:
-        """Restart every invoked invocation of a partition just acquired under `token`."""
-        self._spawn(self._resume_partition(p, token))
+    def quiesce(self) -> None:
+        """Start no new attempt from now on (a graceful stop); the running ones go on to their
+        transition, so what they did is recorded and nothing they ran runs again elsewhere."""
+        self._admitting.clear()
 
-    def wake(self, notified: Notified, token: str) -> None:
-        """Start the invocation a notification woke (its keys came with the notify reply)."""
-        if notified.outcome == "WOKEN" and notified.target is not None:
-            t = notified.target
-            self._spawn(self._resume_one(t.partition, token, t.invocation_id, target=t))
+    def hold(self, partition: int) -> None:
+        """Start no new attempt of `partition` (it is being handed over) until `unhold`."""
+        self._holds.setdefault(partition, asyncio.Event())
 
-    async def fire_timer(self, p: int, token: str, member: str) -> None:
-        """A due timer: a sleep completion wakes its invocation, a retry or delayed send starts it."""
-        kind, _, rest = member.partition("|")
-        if kind in ("s", "r"):
-            await self._resume_one(p, token, rest, member)
-            return
-        inv_id, _, cid = rest.partition("|")
-        frame = protocol.notification(protocol.MessageType.SLEEP_COMPLETION, completion_id=int(cid), void=True)
-        self.wake(await self._scripts.notify(p, inv_id, token, now_ms(), f"c{cid}", frame, member), token)
+    def unhold(self, partition: int) -> None:
+        gate = self._holds.pop(partition, None)
+        if gate is not None:
+            gate.set()
 
-    def cancel_partition(self, p: int) -> None:
-        """Stop the attempts of a lost partition at once (the new owner replays them)."""
-        for task in self._drivers.pop(p, {}).values():
-            task.cancel()
+    async def wait_idle(self, partition: int, timeout_s: float) -> bool:
+        """Wait until no attempt of `partition` is running, or `timeout_s` passed; True when idle."""
+        if not self._busy.get(partition):
+            return True
+        return await self._clock.wait(self._idle.setdefault(partition, asyncio.Event()), timeout_s)
 
-    async def shutdown(self) -> None:
-        """Cancel the background resumes and wait for them (running drivers are left alone)."""
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def drive(self, lead: Lead, run: Run) -> None:
+        """Attempts until the invocation completes, suspends or backs off. Raises Fenced when the
+        partition was lost, and whatever a transition raised (its outcome is then unknown: the
+        leader re-derives it from Redis)."""
+        while await self._step(lead, run):
+            pass
 
-    # ---- task tracking -------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _start(self, run: _Run) -> None:
-        inv_id, p = run.target.invocation_id, run.target.partition
-        if self._running.get(inv_id) == run.token:
-            return
-        self._running[inv_id] = run.token
-        task = asyncio.get_running_loop().create_task(self._drive(run))
-        drivers = self._drivers.setdefault(p, {})
-        drivers[inv_id] = task
-
-        def done(t: asyncio.Task[Any]) -> None:
-            if drivers.get(inv_id) is t:
-                del drivers[inv_id]
-
-        task.add_done_callback(done)
-
-    # ---- resuming ------------------------------------------------------------------------
-    def _resume_later(self, p: int, token: str, inv_id: str, delay_s: float) -> None:
-        """Try `_resume_one` again after a failure, as long as the partition is still ours."""
-        async def later() -> None:
-            await asyncio.sleep(delay_s)
-            await self._resume_one(p, token, inv_id)
-
-        if self.tokens.get(p) == token:
-            self._spawn(later())
-
-    async def _resume_partition(self, p: int, token: str) -> None:
-        delay_s = 0.2
-        while True:
-            try:
-                ids = cast("set[bytes]", await self._redis.smembers(keys.active(p)))
-                break
-            except Exception:
-                log.exception("cannot list active invocations", extra={"partition": p})
-                if self.tokens.get(p) != token:
-                    return
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
-        if ids:
-            log.info("resuming invocations", extra={"partition": p, "count": len(ids)})
-        for raw in ids:
-            self._spawn(self._resume_one(p, token, raw.decode()))
-
-    async def _resume_one(self, p: int, token: str, inv_id: str, timer_member: str = "",
-                          target: Target | None = None) -> None:
-        """(Re)start an invocation from its stored hash, state and journal."""
-        if self.tokens.get(p) != token:
-            return
-        if self._running.get(inv_id) == token:
-            # Its driver is finishing an attempt that suspended: it resumes once that is done.
-            self._rewake.add(inv_id)
-            return
+    async def _step(self, lead: Lead, run: Run) -> bool:
+        """One attempt and its transition; True when the next attempt should start at once.
+        Waits (until the leader closes) while the driver is quiesced."""
+        await self._admitting.wait()
+        p = run.target.partition
+        while (gate := self._holds.get(p)) is not None:
+            await gate.wait()
+        self._busy[p] = self._busy.get(p, 0) + 1
+        self._idle.setdefault(p, asyncio.Event()).clear()
         try:
-            await self._restart(p, token, inv_id, timer_member, target)
-        except Fenced:
-            return
-        except Exception:
-            log.exception("resuming invocation failed, retrying", extra={"invocation_id": inv_id, "partition": p})
-            self._resume_later(p, token, inv_id, 1.0)
-
-    async def _restart(self, p: int, token: str, inv_id: str, timer_member: str, t: Target | None) -> None:
-        if t is None:
-            t = await self._target_of(p, inv_id, timer_member)
-            if t is None:
-                return
-        started = await self._scripts.attempt_start(t, token, now_ms(), timer_member)
-        if started.outcome == "INVOKED" and started.fields is not None:
-            self._start(_Run(t, token, started.fields, started.state or {}, started.journal or []))
-
-    async def _target_of(self, p: int, inv_id: str, timer_member: str) -> Target | None:
-        """The stored target of an invocation; cleans up after one that no longer exists."""
-        svc, key = cast("list[bytes | None]", await self._redis.hmget(keys.invocation(p, inv_id), "svc", "key"))
-        if svc is None:
-            if timer_member:
-                await self._redis.zrem(keys.timers(p), timer_member)
-            await self._redis.srem(keys.active(p), inv_id)
-            return None
-        return Target(p, inv_id, svc.decode(), key.decode() if key is not None else None)
-
-    # ---- driving -------------------------------------------------------------------------
-    async def _drive(self, run: _Run) -> None:
-        inv_id, p = run.target.invocation_id, run.target.partition
-        try:
-            while await self._step(run):
-                pass
-        except Fenced:
-            INVOCATIONS.labels("fenced").inc()
-            log.info("partition lost while driving invocation", extra={"invocation_id": inv_id, "partition": p})
-        except asyncio.CancelledError:
-            log.info("driver stopped: partition released", extra={"invocation_id": inv_id, "partition": p})
-        except Exception:
-            log.exception("invocation driver failed, resuming", extra={"invocation_id": inv_id, "partition": p})
-            run.failures += 1
-            self._rewake.add(inv_id)
+            return await self._attempt_and_transition(lead, run)
         finally:
-            if self._running.get(inv_id) == run.token:
-                del self._running[inv_id]
-            if inv_id in self._rewake:
-                self._rewake.discard(inv_id)
-                self._resume_later(p, run.token, inv_id, 0.0 if run.failures == 0 else 1.0)
+            self._busy[p] -= 1
+            if not self._busy[p]:
+                del self._busy[p]
+                self._idle.pop(p).set()
 
-    async def _step(self, run: _Run) -> bool:
-        """One attempt and its transition; True when the next attempt should start at once."""
+    async def _attempt_and_transition(self, lead: Lead, run: Run) -> bool:
         snapshot: SchemaSnapshot = self._schema()
         plan, failure = await self._attempt(run, snapshot)
-        att = int(run.fields.get(b"att", b"0"))
-        if plan is None or plan.terminal == "ERROR":
-            return await self._fail(run, snapshot, plan, failure, att)
-        new_att = 0 if plan.grew else att
+        if plan is None or plan.terminal is TerminalKind.ERROR:
+            return await self._fail(lead, run, snapshot, plan, failure)
+        new_att = 0 if plan.grew else run.record.attempts
         replayed = len(run.journal)
         t = run.target
-        terminal = _terminal(plan)
-        applied = await self._scripts.apply(t, run.token, now_ms(), replayed, terminal, new_att, plan.ops)
-        self._after_apply(t.partition, run.token, plan, applied)
-        if applied.outcome == "OK":
-            self._completed(run, plan, applied)
+        applied = await self._apply(run, replayed, _terminal(plan), new_att, plan.ops)
+        self._after_apply(lead, plan, applied)
+        if applied.outcome is ApplyOutcome.COMPLETED:
+            assert plan.result is not None
+            self._completed(lead, run, plan.result, applied)
             return False
-        if applied.outcome == "RESUME":
-            return await self._resumed(run, snapshot, plan, applied, replayed, new_att)
-        if applied.outcome == "BAD_STATE":
-            log.info("attempt result ignored: invocation is %s", applied.status,
-                     extra={"invocation_id": t.invocation_id})
-            await self._answer_from_storage(t)
+        if applied.outcome is ApplyOutcome.RESUME:
+            return await self._resumed(lead, run, snapshot, plan, applied, replayed, new_att)
+        if applied.outcome is ApplyOutcome.BAD_STATE:
+            self._ignored(t, applied)
+            await self.answer_from_storage(lead, t)
         return False
 
-    def _completed(self, run: _Run, plan: AttemptPlan, applied: Applied) -> None:
+    async def _apply(self, run: Run, replayed: int, terminal: Terminal, attempts: int, ops: Sequence[Op]) -> Applied:
+        """Store an attempt's outcome (`apply`), retried while Redis cannot be reached, so what the
+        deployment proposed (a `ctx.run` result ...) is kept until it is stored rather than lost
+        with the attempt and run again. A retry is safe: the fence and the status check (END,
+        ERROR, a stored SUSPEND), or the apply's nonce (a SUSPEND that resumed at once) refuse a
+        second application. Raises Fenced, and OutcomeStored when a retry finds that an earlier
+        try landed (its reply was lost): the leader then re-derives the invocation from Redis."""
+        delay_s, retried = APPLY_RETRY_MIN_S, False
+        while True:
+            try:
+                applied = await self._scripts.apply(run.target, run.token, self._clock.now_ms(), replayed, terminal,
+                                                    attempts, ops)
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                log.warning("cannot store an attempt's outcome (%s); retrying in %.2f s", e, delay_s,
+                            extra={"invocation_id": run.target.invocation_id, "partition": run.target.partition})
+                await self._clock.sleep(delay_s)
+                delay_s, retried = min(delay_s * 2, APPLY_RETRY_MAX_S), True
+                continue
+            if retried and applied.outcome is ApplyOutcome.BAD_STATE:
+                raise OutcomeStored(run.target.invocation_id)
+            return applied
+
+    def _completed(self, lead: Lead, run: Run, res: Result, applied: Applied) -> None:
         """The attempt completed the invocation: answer its waiters, drive the inbox's next one."""
         t = run.target
-        INVOCATIONS.labels("succeeded" if plan.result and plan.result[0] == 0 else "failed").inc()
-        rc, rm, rv = plan.result or (0, "", b"")
-        self._resolve(t.invocation_id, result(rc, rm, rv, applied.expires_ms))
-        if applied.next_id and applied.next_fields is not None:
-            nt = _target(t.partition, applied.next_id, applied.next_fields)
-            self._start(_Run(nt, run.token, applied.next_fields, applied.next_state or {}, []))
+        INVOCATIONS.labels("succeeded" if res.code == 0 else "failed").inc()
+        lead.resolve(t.invocation_id, rpc_result(res, applied.expires_ms))
+        if applied.next_id and applied.next_record is not None:
+            nt = _target(t.partition, applied.next_id, applied.next_record)
+            lead.start(Run(nt, run.token, applied.next_record, applied.next_state, []))
 
-    async def _resumed(self, run: _Run, snapshot: SchemaSnapshot, plan: AttemptPlan, applied: Applied,
+    @staticmethod
+    def _ignored(t: Target, applied: Applied) -> None:
+        status = applied.status.value if applied.status is not None else "gone"
+        log.info("attempt result ignored: invocation is %s", status, extra={"invocation_id": t.invocation_id})
+
+    async def _resumed(self, lead: Lead, run: Run, snapshot: SchemaSnapshot, plan: AttemptPlan, applied: Applied,
                        replayed: int, new_att: int) -> bool:
         """The attempt suspended on what is already there: replay at once, unless it keeps doing so."""
         run.journal = run.journal[:replayed] + applied.new_entries
-        run.fields[b"att"] = str(new_att).encode()
+        run.record = run.record.with_attempt(new_att, self._clock.now_ms() if plan.grew else None)
         if plan.grew:
-            run.fields[b"lg"] = str(now_ms()).encode()
             run.idle_resumes = 0
         else:
             run.idle_resumes += 1
@@ -335,34 +268,39 @@ class Driver:
             # The SDK keeps suspending on something it already has: treat it as a failure
             # (back-off) rather than re-invoking it hot.
             run.idle_resumes = 0
-            return await self._fail(run, snapshot, None, "the SDK suspends on a notification it already has",
-                                    new_att)
+            return await self._fail(lead, run, snapshot, None, "the SDK suspends on a notification it already has")
         return True
 
-    async def _answer_from_storage(self, t: Target) -> None:
-        """Callers waiting here for an invocation that was completed elsewhere get the stored result."""
-        if not self._awaited(t.invocation_id):
+    async def answer_from_storage(self, lead: Lead, t: Target) -> None:
+        """Callers waiting here for an invocation that completed (here, elsewhere, or in a
+        transition whose reply was lost) get the stored result."""
+        if not lead.awaited(t.invocation_id):
             return
-        st, rc, rm, rv = cast("list[bytes | None]", await self._redis.hmget(
-            keys.invocation(t.partition, t.invocation_id), "st", "rc", "rm", "rv"))
-        if st == b"completed":
-            self._resolve(t.invocation_id, result(int(rc or 0), (rm or b"").decode(), rv or b"", None))
+        stored = await self._scripts.result_of(t.partition, t.invocation_id)
+        if stored is not None and stored.status is Status.COMPLETED and stored.result is not None:
+            lead.resolve(t.invocation_id, rpc_result(stored.result, None))
 
-    def _after_apply(self, p: int, token: str, plan: AttemptPlan, applied: Applied) -> None:
-        self._poke(p, plan.timers > 0 or applied.outcome == "BACKOFF",
-                   plan.outbox > 0 or applied.parents_notified > 0)
+    @staticmethod
+    def _after_apply(lead: Lead, plan: AttemptPlan, applied: Applied) -> None:
+        lead.poke(plan.timers > 0 or applied.outcome is ApplyOutcome.BACKOFF,
+                  plan.outbox > 0 or applied.parents_notified > 0)
         for woken in applied.woken:
-            self._spawn(self._resume_one(p, token, woken))
+            lead.resume(woken)
 
-    async def _attempt(self, run: _Run, snapshot: SchemaSnapshot) -> tuple[AttemptPlan | None, str]:
+    async def _attempt(self, run: Run, snapshot: SchemaSnapshot) -> tuple[AttemptPlan | None, str]:
         """Run one attempt and plan its transition; (None, reason) when it failed before any plan."""
         t = run.target
         meta = snapshot.services.get(t.service)
         deployment = snapshot.deployments.get(meta.deployment_id) if meta else None
         if meta is None or deployment is None:
             return None, f"service {t.service!r} is not registered"
-        inp = _attempt_input(run, meta)
+        inp = _attempt_input(run, meta, self._clock.now_ms())
         async with self._slots:
+            # A freeze (SIGSTOP, a VM pause) may have outlived the lease, and another worker may
+            # drive this invocation now: send nothing until a renewal confirms the lease.
+            if (self.leases is not None and not self.leases.lease_valid(t.partition)
+                    and not await self.leases.confirm_lease(t.partition)):
+                raise Fenced(t.partition)
             IN_FLIGHT.inc()
             try:
                 frames = await self._invoker.attempt(deployment, inp)
@@ -372,52 +310,66 @@ class Driver:
                 IN_FLIGHT.dec()
         return self._plan(run, snapshot, frames)
 
-    def _plan(self, run: _Run, snapshot: SchemaSnapshot, frames: list[Frame]) -> tuple[AttemptPlan | None, str]:
+    def _plan(self, run: Run, snapshot: SchemaSnapshot, frames: list[Frame]) -> tuple[AttemptPlan | None, str]:
         """Plan an attempt's frames into one transition; keeps the state it wrote unless it failed."""
         t = run.target
         ctx = PlanContext(
-            invocation_id=t.invocation_id, partition=t.partition, partitions=self._partitions, kind=run.kind,
-            service=t.service, key=t.key, state=dict(run.state),
-            commands_before=1 + count_commands(run.journal), now_ms=now_ms(), schema=snapshot,
+            invocation_id=t.invocation_id, partition=t.partition, partitions=self._partitions,
+            kind=run.record.kind, service=t.service, key=t.key, state=dict(run.state),
+            commands_before=1 + count_commands(run.journal), now_ms=self._clock.now_ms(), schema=snapshot,
+            journal_kept=bool(run.record.journal_retention_ms) and run.record.completion_retention_ms > 0,
         )
         try:
             plan = plan_attempt(frames, ctx)
         except PlanError as e:
             return None, f"protocol violation: {e}"
-        if plan.terminal != "ERROR":
+        if plan.terminal is not TerminalKind.ERROR:
             run.state = ctx.state
         return plan, ""
 
-    async def _fail(self, run: _Run, snapshot: SchemaSnapshot, plan: AttemptPlan | None, reason: str,
-                    att: int) -> bool:
+    async def _fail(self, lead: Lead, run: Run, snapshot: SchemaSnapshot, plan: AttemptPlan | None,
+                    reason: str) -> bool:
         """Record a failed attempt: back off, pause, or complete with the failure per the policy."""
         t = run.target
         meta = snapshot.services.get(t.service)
-        policy = policy_for(meta, meta.handlers.get(_text(run.fields, b"hdl")) if meta else None)
+        policy = policy_for(meta, meta.handlers.get(run.record.handler) if meta else None)
         grew = plan is not None and plan.grew
-        failed = (0 if grew else att) + 1
-        ops = plan.ops if plan is not None else []
+        failed = (0 if grew else run.record.attempts) + 1
+        behavior: int = protocol_pb.ErrorMessage.RETRY
         if plan is not None:
-            reason = f"[{plan.error_code}] {plan.error_message}"
-        behavior = plan.error_behavior if plan is not None else 0
-        exhausted = policy.exhausted(failed) or behavior == 1
-        if behavior == 2 or (exhausted and behavior != 1 and policy.on_max_attempts == "KILL"):
-            code = plan.error_code if plan is not None and behavior == 2 else 500
-            final = AttemptPlan(ops=ops, terminal="END", result=(code, reason, b""))
-            applied = await self._scripts.apply(t, run.token, now_ms(), len(run.journal),
-                                                ["END", code, reason, b""], failed, ops)
-            self._after_apply(t.partition, run.token, final, applied)
-            if applied.outcome == "OK":
-                self._resolve(t.invocation_id, result(code, reason, b"", None))
-            return False
-        delay = plan.next_retry_delay_ms if plan is not None and plan.next_retry_delay_ms is not None else None
+            reason, behavior = plan.failure_text, plan.error_behavior
+        action = after_failure(policy, failed, behavior)
+        if action is FailureAction.COMPLETE:
+            code = plan.error_code if plan is not None and behavior == protocol_pb.ErrorMessage.FAIL else 500
+            return await self._complete_failed(lead, run, plan, Result(code, reason), failed)
+        delay = plan.next_retry_delay_ms if plan is not None else None
         delay = policy.delay_ms(failed) if delay is None else delay
-        INVOCATIONS.labels("paused" if exhausted else "retried").inc()
-        log.warning("attempt failed (%d since the journal last grew), %s: %s", failed,
-                    "pausing" if exhausted else f"retrying in {delay} ms", reason,
-                    extra={"invocation_id": t.invocation_id, "partition": t.partition})
-        status = "paused" if exhausted else "backing-off"
-        applied = await self._scripts.apply(t, run.token, now_ms(), len(run.journal),
-                                            ["ERROR", status, now_ms() + delay, reason[:2000]], failed, ops)
-        self._after_apply(t.partition, run.token, plan or AttemptPlan(), applied)
+        paused = action is FailureAction.PAUSE
+        INVOCATIONS.labels("paused" if paused else "retried").inc()
+        error_code = f" ({plan.restate_code})" if plan is not None and plan.restate_code else ""
+        log.warning("attempt failed (%d since the journal last grew), %s: %s%s", failed,
+                    "pausing" if paused else f"retrying in {delay} ms", reason, error_code,
+                    extra={"invocation_id": t.invocation_id, "partition": t.partition,
+                           "target": f"{t.service}/{run.record.handler}"})
+        now = self._clock.now_ms()
+        failure = AttemptFailed(Status.PAUSED if paused else Status.BACKING_OFF, now + delay,
+                                reason[:MAX_FAILURE_MESSAGE])
+        applied = await self._apply(run, len(run.journal), failure, failed, plan.ops if plan is not None else [])
+        self._after_apply(lead, plan or AttemptPlan(), applied)
+        return False
+
+    async def _complete_failed(self, lead: Lead, run: Run, plan: AttemptPlan | None, res: Result,
+                               failed: int) -> bool:
+        """Complete with the failure (KILL policy, or the SDK's FAIL) exactly as an END completes:
+        waiters answered, parents notified, and the key's lock handed to its inbox head, which
+        starts here at once (otherwise the key would stay locked by an invocation nobody drives)."""
+        t = run.target
+        ops = without_journal(plan.ops) if plan is not None else []
+        applied = await self._apply(run, len(run.journal), End(res), failed, ops)
+        self._after_apply(lead, plan or AttemptPlan(), applied)
+        if applied.outcome is ApplyOutcome.COMPLETED:
+            self._completed(lead, run, res, applied)
+        elif applied.outcome is ApplyOutcome.BAD_STATE:
+            self._ignored(t, applied)
+            await self.answer_from_storage(lead, t)
         return False

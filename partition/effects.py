@@ -5,8 +5,25 @@ Suspension or Error. `plan_attempt` walks them in order and produces:
 
 - the journal entries to append (commands as received; notifications the runtime produces
   at once: lazy state, run results, call invocation ids),
-- their effects as `apply.lua` ops (state writes, timers, outbox messages, workflow promises),
+- their effects as typed ops (`partition.transition.Op`: state writes, timers, outbox messages,
+  workflow promises),
 - the terminal: END (result), SUSPEND (awaited notification keys) or ERROR (retry).
+
+A Call or OneWayCall (delayed or not) to a service or handler the schema snapshot does not know
+fails its precondition, as in Restate (error code RT0018): the whole attempt is rejected, so
+nothing of it is stored (the journal stays as it was) and the invocation backs off under its
+retry policy with `[500 Internal] cannot process command Command: OneWayCall (command index N)
+because of a failed precondition: the service handler Ghost/hello was not found`. A later
+attempt, once the target is registered, goes through.
+
+AttachInvocation and GetInvocationOutput name their target by invocation id, by idempotent
+request (service, key?, handler, idempotency key) or by workflow (service, key); the id is
+derived as the ingress derives it. The command is journaled and an outbox entry asks the target's
+partition (`attach.lua`) for the result: an attach is answered when the target completes (at once
+when it is completed), a get-output at once (void while it runs); an unknown target, or a
+malformed id (answered here, without asking), gets `[404] not found` as in Restate.
+
+Outbox entries (a call or one-way call, a notification, an attach) are encoded by `outbox_codec.py`.
 
 Nothing here does I/O, so each vector scenario can drive it directly in a unit test.
 """
@@ -17,10 +34,44 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from partition import protocol
-from partition.protocol import Frame
-from partition.protocol import MessageType as T
-from partition.sharding import (
+from partition import keys
+from partition.invocation import HandlerKind, Result, completion_key, named_signal_key, signal_key
+from partition.outbox_codec import (
+    ATTACH_NOTE_KEY,
+    OUTPUT_NOTE_KEY,
+    encode_outbox_attach,
+    encode_outbox_invoke,
+    encode_outbox_notify,
+)
+from partition.transition import (
+    AddTimer,
+    ClearAllState,
+    ClearState,
+    CompletePromise,
+    GetPromise,
+    JournalEntry,
+    NotificationEntry,
+    Op,
+    OutboxEntry,
+    PeekPromise,
+    SetState,
+    TerminalKind,
+    is_journal_op,
+)
+from sgproto.partition.v1 import partition_service_pb2 as spb
+from sgproto.protocol.v1 import protocol_pb2 as pb
+from shardgate import protocol
+from shardgate.protocol import Frame
+from shardgate.protocol import MessageType as T
+from shardgate.schema import (
+    HandlerMeta,
+    HandlerType,
+    SchemaSnapshot,
+    ServiceMeta,
+    ServiceType,
+    effective_settings,
+)
+from shardgate.sharding import (
     AwakeableIdError,
     InvocationId,
     child_invocation_id,
@@ -29,35 +80,28 @@ from partition.sharding import (
     partition_of,
     workflow_invocation_id,
 )
-from sgproto.partition.v1 import partition_service_pb2 as spb
-from sgproto.protocol.v1 import protocol_pb2 as pb
-from shardgate.schema import (
-    DEFAULT_IDEMPOTENCY_RETENTION_MS,
-    DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS,
-    HandlerMeta,
-    HandlerType,
-    SchemaSnapshot,
-    ServiceMeta,
-    ServiceType,
-)
 
 CHILD_DEDUP_RETENTION_MS = 10 * 60 * 1000  # a called child's result is kept this long: re-delivered calls dedupe
 PROMISE_ALREADY_COMPLETED = (409, "promise was already completed")
 CANCEL_SIGNAL = 1
-UNSUPPORTED_TARGET = (
-    501,
-    ("attaching to or reading the output of another invocation from a handler is not supported by shardgate yet"),
-)
+TARGET_NOT_FOUND = (404, "not found")  # Restate's NOT_FOUND_INVOCATION_ERROR: attach / get-output of no invocation
 
-_KIND = {
-    HandlerType.EXCLUSIVE: spb.HANDLER_KIND_EXCLUSIVE,
-    HandlerType.SHARED: spb.HANDLER_KIND_SHARED,
-    HandlerType.WORKFLOW: spb.HANDLER_KIND_WORKFLOW,
-}
+PRECONDITION_FAILED = "RT0018"  # Restate's error code: a command's precondition failed
+REJECTED_CODE = 500  # the failure code of a rejected attempt ...
+REJECTED_CODE_NAME = "Internal"  # ... and its name, as Restate prints it: "[500 Internal] ..."
 
 
 class PlanError(Exception):
     """The SDK sent something the runtime cannot accept (a protocol violation): retry the attempt."""
+
+
+class CommandRejected(Exception):
+    """A command of the attempt fails a precondition (the target of a call is not registered):
+    the attempt is rejected as a whole. The message is Restate's text for it."""
+
+    def __init__(self, command: str, index: int, reason: str) -> None:
+        super().__init__(f"cannot process command Command: {command} (command index {index}) "
+                         f"because of a failed precondition: {reason}")
 
 
 @dataclass(slots=True)
@@ -65,24 +109,27 @@ class PlanContext:
     invocation_id: str
     partition: int
     partitions: int
-    kind: str  # service | exclusive | shared | workflow
+    kind: HandlerKind
     service: str
     key: str | None
     state: dict[bytes, bytes]  # the state as of the attempt's start; updated by planned writes
     commands_before: int  # commands in the replayed journal, Input included
     now_ms: int
     schema: SchemaSnapshot
+    journal_kept: bool = False  # the journal outlives the completion (journal retention): END ships its entries
 
 
 @dataclass(slots=True)
 class AttemptPlan:
-    ops: list[Any] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
     entries: list[bytes] = field(default_factory=list)  # journal entries appended, in order
-    terminal: str = ""  # END | SUSPEND | ERROR
-    result: tuple[int, str, bytes] | None = None  # END: (code, message, value)
+    terminal: TerminalKind | None = None
+    result: Result | None = None  # END
     awaiting: str = ""  # SUSPEND: " c1 s1 nname "
     error_code: int = 0  # ERROR
     error_message: str = ""
+    error_code_name: str = ""  # ERROR raised by the runtime: the code's name ("Internal")
+    restate_code: str = ""  # ERROR raised by the runtime: Restate's error code ("RT0018")
     next_retry_delay_ms: int | None = None
     error_behavior: int = 0  # v7 ErrorMessage.behavior: 0 retry, 1 pause, 2 fail
     timers: int = 0
@@ -92,50 +139,33 @@ class AttemptPlan:
     def grew(self) -> bool:
         return bool(self.entries)
 
-
-def _child_retention_ms(meta: ServiceMeta, handler: HandlerMeta, idem: str | None) -> int:
-    """How long a child's result is kept: a workflow run or an idempotent call keeps it for its
-    retention (as from the ingress: the run-once and dedup guarantees depend on it); any other
-    child only long enough for a re-delivered call to find it."""
-    if handler.ty is HandlerType.WORKFLOW:
-        return _first(handler.workflow_completion_retention_ms, meta.workflow_completion_retention_ms,
-                      DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS)
-    if idem:
-        return _first(handler.idempotency_retention_ms, meta.idempotency_retention_ms,
-                      DEFAULT_IDEMPOTENCY_RETENTION_MS)
-    return CHILD_DEDUP_RETENTION_MS
+    @property
+    def failure_text(self) -> str:
+        """An ERROR attempt's failure as `last_failure` records it: `[500] message` for what the
+        SDK reported, `[500 Internal] message` for an attempt the runtime rejected."""
+        code = f"{self.error_code} {self.error_code_name}" if self.error_code_name else str(self.error_code)
+        return f"[{code}] {self.error_message}"
 
 
-def _first(*values: int | None) -> int:
-    return next(v for v in values if v is not None)
+def rejected_plan(rejection: CommandRejected) -> AttemptPlan:
+    """The plan of an attempt rejected at a command: no ops, no journal entries (nothing of the
+    attempt is stored), an ERROR terminal that backs off under the retry policy."""
+    return AttemptPlan(terminal=TerminalKind.ERROR, error_code=REJECTED_CODE, error_message=str(rejection),
+                       error_code_name=REJECTED_CODE_NAME, restate_code=PRECONDITION_FAILED)
 
 
-def named_signal_key(name: str) -> str:
-    """Dedup / wait key of a named signal: hex, so it never contains a space or a NUL."""
-    return "n" + name.encode().hex()
-
-
-def _failure_field(code: int, message: str) -> bytes:
-    return pb.NotificationTemplate(failure=pb.Failure(code=code, message=message)).SerializeToString()
-
-
-def encode_outbox_invoke(req: spb.InvokeRequest) -> bytes:
-    return b"I\x00" + req.SerializeToString()
-
-
-def encode_outbox_notify(partition: int, invocation_id: str, key: str, frame: bytes) -> bytes:
-    """Same layout `_prelude.lua` builds: N, partition, id, key, frame separated by NUL."""
-    return b"\x00".join((b"N", str(partition).encode(), invocation_id.encode(), key.encode(), frame))
-
-
-def decode_outbox(raw: bytes) -> spb.OutboxMessage:
-    if raw[:2] == b"I\x00":
-        return spb.OutboxMessage(invoke=spb.InvokeRequest.FromString(raw[2:]))
-    tag, p, inv, key, frame = raw.split(b"\x00", 4)
-    if tag != b"N":
-        raise ValueError(f"unknown outbox entry tag {tag!r}")
-    return spb.OutboxMessage(notify=spb.Notification(
-        partition=int(p), invocation_id=inv.decode(), key=key.decode(), frame=frame))
+def _child_retention_ms(meta: ServiceMeta, handler: HandlerMeta, idem: str | None) -> tuple[int, int]:
+    """How long a child's result and journal are kept (Restate `compute_retention`, as from the
+    ingress): a workflow run or an idempotent call keeps its result for its retention (the run-once
+    and dedup guarantees depend on it) and its journal for the journal retention, at most as long;
+    any other child keeps both for the journal retention, its result at least long enough for a
+    re-delivered call to find it."""
+    settings = effective_settings(meta, handler)
+    journal_ms = settings.journal_retention_ms
+    if handler.ty is HandlerType.WORKFLOW or idem:
+        completion_ms = settings.completion_retention_ms
+        return completion_ms, min(journal_ms, completion_ms)
+    return max(CHILD_DEDUP_RETENTION_MS, journal_ms), journal_ms
 
 
 class _Planner:
@@ -163,19 +193,19 @@ class _Planner:
             T.COMPLETE_PROMISE_COMMAND: self._promise,
             T.PROPOSE_RUN_COMPLETION: self._run_completion,
             T.AWAITING_ON: lambda f: None,
-            T.ATTACH_INVOCATION_COMMAND: self._unsupported_target,
-            T.GET_INVOCATION_OUTPUT_COMMAND: self._unsupported_target,
+            T.ATTACH_INVOCATION_COMMAND: self._attach,
+            T.GET_INVOCATION_OUTPUT_COMMAND: self._attach,
         }
 
     # ---- journal ---------------------------------------------------------------------------
     def command(self, frame: Frame) -> None:
         raw = frame.encode()
-        self.plan.ops += ("J", raw)
+        self.plan.ops.append(JournalEntry(raw))
         self.plan.entries.append(raw)
         self.command_index += 1
 
     def note(self, key: str, frame: bytes) -> None:
-        self.plan.ops += ("N", key, frame)
+        self.plan.ops.append(NotificationEntry(key, frame))
         self.plan.entries.append(frame)
 
     # ---- commands ---------------------------------------------------------------------------
@@ -186,32 +216,32 @@ class _Planner:
         self.command(f)
         msg = cast(pb.OutputCommandMessage, protocol.parse_message(f))
         if msg.HasField("failure"):
-            self.plan.result = (msg.failure.code or 500, msg.failure.message, b"")
+            self.plan.result = Result.of_failure(msg.failure, 500)
         else:
-            self.plan.result = (0, "", msg.value.content)
+            self.plan.result = Result(0, "", msg.value.content)
 
     def _writable(self) -> None:
-        if self.ctx.kind not in ("exclusive", "workflow"):
-            raise PlanError(f"state writes are not allowed in a {self.ctx.kind} handler")
+        if not self.ctx.kind.writes_state:
+            raise PlanError(f"state writes are not allowed in a {self.ctx.kind.value} handler")
 
     def _set_state(self, f: Frame) -> None:
         self._writable()
         msg = cast(pb.SetStateCommandMessage, protocol.parse_message(f))
         self.command(f)
-        self.plan.ops += ("S", msg.key, msg.value.content)
+        self.plan.ops.append(SetState(msg.key, msg.value.content))
         self.ctx.state[msg.key] = msg.value.content
 
     def _clear_state(self, f: Frame) -> None:
         self._writable()
         msg = cast(pb.ClearStateCommandMessage, protocol.parse_message(f))
         self.command(f)
-        self.plan.ops += ("C", msg.key)
+        self.plan.ops.append(ClearState(msg.key))
         self.ctx.state.pop(msg.key, None)
 
     def _clear_all(self, f: Frame) -> None:
         self._writable()
         self.command(f)
-        self.plan.ops.append("A")
+        self.plan.ops.append(ClearAllState())
         self.ctx.state.clear()
 
     def _lazy_get(self, f: Frame) -> None:
@@ -222,44 +252,52 @@ class _Planner:
         frame = (protocol.notification(T.GET_LAZY_STATE_COMPLETION, completion_id=cid, void=True)
                  if value is None else
                  protocol.notification(T.GET_LAZY_STATE_COMPLETION, completion_id=cid, value=value))
-        self.note(f"c{cid}", frame)
+        self.note(completion_key(cid), frame)
 
     def _lazy_keys(self, f: Frame) -> None:
         msg = cast(pb.GetLazyStateKeysCommandMessage, protocol.parse_message(f))
         self.command(f)
         cid = msg.result_completion_id
-        self.note(f"c{cid}", protocol.notification(
+        self.note(completion_key(cid), protocol.notification(
             T.GET_LAZY_STATE_KEYS_COMPLETION, completion_id=cid, state_keys=sorted(self.ctx.state)))
 
     def _sleep(self, f: Frame) -> None:
         msg = cast(pb.SleepCommandMessage, protocol.parse_message(f))
         self.command(f)
-        self.plan.ops += ("T", msg.wake_up_time, f"w|{self.ctx.invocation_id}|{msg.result_completion_id}")
+        member = keys.timer_member(keys.TimerKind.WAKE, self.ctx.invocation_id, msg.result_completion_id)
+        self.plan.ops.append(AddTimer(msg.wake_up_time, member))
         self.plan.timers += 1
 
-    def _child(self, msg: Any, index: int, idem: str | None, headers: Any, parent: spb.Parent | None,
-               exec_ms: int | None) -> tuple[str, spb.InvokeRequest | None, tuple[int, str] | None]:
-        """The callee's id and the request creating it, or a failure when the target is unknown."""
+    def _target(self, command: str, index: int, service: str, handler: str) -> tuple[ServiceMeta, HandlerMeta]:
+        """The called service and handler. Raises CommandRejected when the schema snapshot does
+        not know one of them (it may be registered before the next attempt)."""
+        meta = self.ctx.schema.services.get(service)
+        handler_meta = meta.handlers.get(handler) if meta is not None else None
+        if meta is None or handler_meta is None:
+            raise CommandRejected(command, index, f"the service handler {service}/{handler} was not found")
+        return meta, handler_meta
+
+    def _child(self, msg: Any, command: str, idem: str | None, parent: spb.Parent | None,
+               exec_ms: int | None) -> spb.InvokeRequest:
+        """The request creating the callee of the command about to be journaled (a Call or
+        OneWayCall message). Raises CommandRejected for an unknown target."""
+        index = self.command_index
         svc_name, handler_name = msg.service_name, msg.handler_name
-        meta = self.ctx.schema.services.get(svc_name)
-        handler = meta.handlers.get(handler_name) if meta else None
-        key: str | None = msg.key if meta is not None and meta.ty.keyed else None
-        if meta is not None and meta.ty is ServiceType.WORKFLOW and handler and handler.ty is HandlerType.WORKFLOW:
+        meta, handler = self._target(command, index, svc_name, handler_name)
+        key: str | None = msg.key if meta.ty.keyed else None
+        if meta.ty is ServiceType.WORKFLOW and handler.ty is HandlerType.WORKFLOW:
             inv = workflow_invocation_id(svc_name, key or "")
         elif idem:
             inv = idempotent_invocation_id(svc_name, key, handler_name, idem)
         else:
             inv = child_invocation_id(self.ctx.invocation_id, index, svc_name, key, handler_name)
-        if meta is None or handler is None:
-            what = f"service '{svc_name}'" if meta is None else f"handler '{svc_name}/{handler_name}'"
-            return str(inv), None, (404, f"{what} not found")
         req = spb.InvokeRequest(
             partition=partition_of(inv.partition_key, self.ctx.partitions), invocation_id=str(inv),
             service=svc_name, handler=handler_name, body=msg.parameter,
-            kind=_KIND.get(handler.ty, spb.HANDLER_KIND_SERVICE) if handler.ty else spb.HANDLER_KIND_SERVICE,
-            headers=[spb.Header(key=h.key, value=h.value) for h in headers],
-            completion_retention_ms=_child_retention_ms(meta, handler, idem),
+            kind=HandlerKind.of_handler(handler.ty).to_proto(),
+            headers=[spb.Header(key=h.key, value=h.value) for h in msg.headers],
         )
+        req.completion_retention_ms, req.journal_retention_ms = _child_retention_ms(meta, handler, idem)
         if key is not None:
             req.key = key
         if idem:
@@ -268,42 +306,35 @@ class _Planner:
             req.execution_time_ms = exec_ms
         if parent is not None:
             req.parent.CopyFrom(parent)
-        return str(inv), req, None
+        return req
 
     def _call(self, f: Frame) -> None:
         msg = cast(pb.CallCommandMessage, protocol.parse_message(f))
-        idx = self.command_index
-        self.command(f)
         parent = spb.Parent(invocation_id=self.ctx.invocation_id, partition=self.ctx.partition,
                             result_completion_id=msg.result_completion_id)
-        idem = msg.idempotency_key if msg.HasField("idempotency_key") and msg.idempotency_key else None
-        inv, req, failure = self._child(msg, idx, idem, msg.headers, parent, None)
-        self.note(f"c{msg.invocation_id_notification_idx}", protocol.notification(
-            T.CALL_INVOCATION_ID_COMPLETION, completion_id=msg.invocation_id_notification_idx, invocation_id=inv))
-        if req is None:
-            assert failure is not None
-            self.note(f"c{msg.result_completion_id}", protocol.notification(
-                T.CALL_COMPLETION, completion_id=msg.result_completion_id, failure=failure))
-            return
-        self.plan.ops += ("O", encode_outbox_invoke(req))
+        req = self._child(msg, "Call", _idempotency_key(msg), parent, None)
+        self.command(f)
+        self._invocation_id_note(msg.invocation_id_notification_idx, req.invocation_id)
+        self._outbox(encode_outbox_invoke(req))
+
+    def _invocation_id_note(self, completion_id: int, invocation_id: str) -> None:
+        self.note(completion_key(completion_id), protocol.notification(
+            T.CALL_INVOCATION_ID_COMPLETION, completion_id=completion_id, invocation_id=invocation_id))
+
+    def _outbox(self, message: bytes) -> None:
+        self.plan.ops.append(OutboxEntry(message))
         self.plan.outbox += 1
 
     def _one_way_call(self, f: Frame) -> None:
         msg = cast(pb.OneWayCallCommandMessage, protocol.parse_message(f))
-        idx = self.command_index
+        req = self._child(msg, "OneWayCall", _idempotency_key(msg), None, msg.invoke_time or None)
         self.command(f)
-        idem = msg.idempotency_key if msg.HasField("idempotency_key") and msg.idempotency_key else None
-        inv, req, _ = self._child(msg, idx, idem, msg.headers, None, msg.invoke_time or None)
-        self.note(f"c{msg.invocation_id_notification_idx}", protocol.notification(
-            T.CALL_INVOCATION_ID_COMPLETION, completion_id=msg.invocation_id_notification_idx, invocation_id=inv))
-        if req is not None:
-            self.plan.ops += ("O", encode_outbox_invoke(req))
-            self.plan.outbox += 1
+        self._invocation_id_note(msg.invocation_id_notification_idx, req.invocation_id)
+        self._outbox(encode_outbox_invoke(req))
 
     def _signal_to(self, target: InvocationId, key: str, frame: bytes) -> None:
         p = partition_of(target.partition_key, self.ctx.partitions)
-        self.plan.ops += ("O", encode_outbox_notify(p, str(target), key, frame))
-        self.plan.outbox += 1
+        self._outbox(encode_outbox_notify(p, str(target), key, frame))
 
     def _signal_frame(self, msg: Any, signal_id: int | None, name: str | None) -> bytes:
         kw: dict[str, Any] = {"signal_id": signal_id} if signal_id is not None else {"signal_name": name}
@@ -325,7 +356,7 @@ class _Planner:
         if msg.HasField("name"):
             self._signal_to(target, named_signal_key(msg.name), self._signal_frame(msg, None, msg.name))
         else:
-            self._signal_to(target, f"s{msg.idx}", self._signal_frame(msg, msg.idx, None))
+            self._signal_to(target, signal_key(msg.idx), self._signal_frame(msg, msg.idx, None))
 
     def _complete_awakeable(self, f: Frame) -> None:
         msg = cast(pb.CompleteAwakeableCommandMessage, protocol.parse_message(f))
@@ -334,26 +365,27 @@ class _Planner:
             target, idx = parse_awakeable_id(msg.awakeable_id)
         except AwakeableIdError:
             return
-        self._signal_to(target, f"s{idx}", self._signal_frame(msg, idx, None))
+        self._signal_to(target, signal_key(idx), self._signal_frame(msg, idx, None))
 
     def _promise(self, f: Frame) -> None:
-        if self.ctx.kind not in ("workflow", "shared") or self.ctx.key is None:
+        if self.ctx.kind not in (HandlerKind.WORKFLOW, HandlerKind.SHARED) or self.ctx.key is None:
             raise PlanError("durable promises are only available to workflow handlers")
         msg: Any = protocol.parse_message(f)  # Get-, Peek- or CompletePromiseCommandMessage
         self.command(f)
-        cid = str(msg.result_completion_id)
+        cid = msg.result_completion_id
         if f.type == T.GET_PROMISE_COMMAND:
-            self.plan.ops += ("PG", msg.key, cid)
+            self.plan.ops.append(GetPromise(msg.key, cid))
         elif f.type == T.PEEK_PROMISE_COMMAND:
-            self.plan.ops += ("PP", msg.key, cid)
+            self.plan.ops.append(PeekPromise(msg.key, cid))
         else:
+            # The result field as the waiters get it; a failure keeps its metadata.
             note = pb.NotificationTemplate()
             if msg.HasField("completion_failure"):
                 note.failure.CopyFrom(msg.completion_failure)
             else:
                 note.value.SetInParent()
                 note.value.content = msg.completion_value.content
-            self.plan.ops += ("PC", msg.key, cid, note.SerializeToString(), _failure_field(*PROMISE_ALREADY_COMPLETED))
+            self.plan.ops.append(CompletePromise(msg.key, cid, note.SerializeToString()))
 
     def _run_completion(self, f: Frame) -> None:
         msg = cast(pb.ProposeRunCompletionMessage, protocol.parse_message(f))
@@ -362,31 +394,37 @@ class _Planner:
             frame = protocol.notification(T.RUN_COMPLETION, completion_id=cid, failure=msg.failure)
         else:
             frame = protocol.notification(T.RUN_COMPLETION, completion_id=cid, value=msg.value)
-        self.note(f"c{cid}", frame)
+        self.note(completion_key(cid), frame)
 
     # ---- terminals ----------------------------------------------------------------------------
     def _suspension(self, f: Frame) -> None:
         msg = cast(pb.SuspensionMessage, protocol.parse_message(f))
-        keys: list[str] = []
+        awaited: list[str] = []
         if msg.HasField("awaiting_on"):
-            _flatten(msg.awaiting_on, keys)
-        keys += [f"c{c}" for c in msg.waiting_completions]
-        keys += [f"s{s}" for s in msg.waiting_signals]
-        keys += [named_signal_key(n) for n in msg.waiting_named_signals]
-        if not keys:
+            _flatten(msg.awaiting_on, awaited)
+        _awaited_keys(msg, awaited)
+        if not awaited:
             raise PlanError("suspension without anything to wait for")
-        self.plan.terminal = "SUSPEND"
-        self.plan.awaiting = " " + " ".join(dict.fromkeys(keys)) + " "
+        self.plan.terminal = TerminalKind.SUSPEND
+        self.plan.awaiting = " " + " ".join(dict.fromkeys(awaited)) + " "
 
-    def _unsupported_target(self, f: Frame) -> None:
-        """Attach / get-output commands: stored, and answered with a terminal failure for now."""
+    def _attach(self, f: Frame) -> None:
+        """Attach / get-output: stored; the target's partition is asked for its result through
+        the outbox. A malformed or missing target is answered at once with not found."""
         msg = cast("pb.AttachInvocationCommandMessage | pb.GetInvocationOutputCommandMessage",
                    protocol.parse_message(f))
         self.command(f)
         cid = msg.result_completion_id
-        note_type = (T.ATTACH_INVOCATION_COMPLETION if f.type == T.ATTACH_INVOCATION_COMMAND
-                     else T.GET_INVOCATION_OUTPUT_COMPLETION)
-        self.note(f"c{cid}", protocol.notification(note_type, completion_id=cid, failure=UNSUPPORTED_TARGET))
+        attach = f.type == T.ATTACH_INVOCATION_COMMAND
+        target = attach_target(msg)
+        if target is None:
+            note_type = T.ATTACH_INVOCATION_COMPLETION if attach else T.GET_INVOCATION_OUTPUT_COMPLETION
+            self.note(completion_key(cid), protocol.notification(note_type, completion_id=cid,
+                                                                 failure=TARGET_NOT_FOUND))
+            return
+        p = partition_of(target.partition_key, self.ctx.partitions)
+        self._outbox(encode_outbox_attach(p, str(target), ATTACH_NOTE_KEY if attach else OUTPUT_NOTE_KEY,
+                                          self.ctx.invocation_id, self.ctx.partition, cid))
 
     def run(self, frames: list[Frame]) -> AttemptPlan:
         for i, f in enumerate(frames):
@@ -396,14 +434,14 @@ class _Planner:
             if t == T.END:
                 if self.plan.result is None:
                     raise PlanError("End without an Output")
-                self.plan.terminal = "END"
+                self.plan.terminal = TerminalKind.END
                 return self._finish()
             if t == T.SUSPENSION:
                 self._suspension(f)
                 return self._finish()
             if t == T.ERROR:
                 msg = cast(pb.ErrorMessage, protocol.parse_message(f))
-                self.plan.terminal = "ERROR"
+                self.plan.terminal = TerminalKind.ERROR
                 self.plan.error_code = msg.code or 500
                 self.plan.error_message = msg.message
                 if msg.HasField("next_retry_delay"):
@@ -420,35 +458,62 @@ class _Planner:
         raise PlanError("the response ended without End, Suspension or Error")
 
     def _finish(self) -> AttemptPlan:
-        if self.plan.terminal == "END":
+        if self.plan.terminal is TerminalKind.END and not self.ctx.journal_kept:
             # The journal is deleted with the completion: do not ship entries that die at once.
-            ops, out = self.plan.ops, []
-            i = 0
-            while i < len(ops):
-                op = ops[i]
-                width = _OP_WIDTH[op]
-                if op not in ("J", "N"):
-                    out += ops[i:i + width]
-                i += width
-            self.plan.ops = out
+            self.plan.ops = without_journal(self.plan.ops)
         return self.plan
 
 
-_OP_WIDTH = {"J": 2, "N": 3, "S": 3, "C": 2, "A": 1, "T": 3, "O": 2, "PG": 3, "PP": 3, "PC": 5}
+def attach_target(msg: pb.AttachInvocationCommandMessage | pb.GetInvocationOutputCommandMessage,
+                  ) -> InvocationId | None:
+    """The invocation an attach / get-output command names, its id derived as the ingress derives
+    it (`shardgate.sharding`); None when the target is missing or the id is malformed."""
+    which = msg.WhichOneof("target")
+    if which == "invocation_id":
+        try:
+            return InvocationId.parse(msg.invocation_id)
+        except ValueError:
+            return None
+    if which == "idempotent_request_target":
+        t = msg.idempotent_request_target
+        return idempotent_invocation_id(t.service_name, t.service_key if t.HasField("service_key") else None,
+                                        t.handler_name, t.idempotency_key, t.scope or None)
+    if which == "workflow_target":
+        w = msg.workflow_target
+        return workflow_invocation_id(w.workflow_name, w.workflow_key, w.scope or None)
+    return None
+
+
+def _idempotency_key(msg: Any) -> str | None:
+    """A Call's / OneWayCall's idempotency key; None when absent or empty."""
+    return msg.idempotency_key if msg.HasField("idempotency_key") and msg.idempotency_key else None
+
+
+def without_journal(ops: list[Op]) -> list[Op]:
+    """The ops that still matter when the attempt completes the invocation (its journal goes)."""
+    return [op for op in ops if not is_journal_op(op)]
+
+
+def _awaited_keys(awaiting: Any, out: list[str]) -> None:
+    """The notification keys a Suspension (v5/v6) or a Future (v7) waits for."""
+    out += [completion_key(c) for c in awaiting.waiting_completions]
+    out += [signal_key(s) for s in awaiting.waiting_signals]
+    out += [named_signal_key(n) for n in awaiting.waiting_named_signals]
 
 
 def _flatten(future: Any, out: list[str]) -> None:
-    out += [f"c{c}" for c in future.waiting_completions]
-    out += [f"s{s}" for s in future.waiting_signals]
-    out += [named_signal_key(n) for n in future.waiting_named_signals]
+    _awaited_keys(future, out)
     for nested in future.nested_futures:
         _flatten(nested, out)
 
 
 def plan_attempt(frames: list[Frame], ctx: PlanContext) -> AttemptPlan:
-    """Plan the `apply` transition for one attempt's response frames. Raises PlanError."""
+    """Plan the `apply` transition for one attempt's response frames; an attempt rejected at a
+    command (`CommandRejected`) is an ERROR plan without ops (`rejected_plan`). Raises PlanError."""
     try:
         return _Planner(ctx).run(frames)
+    except CommandRejected as e:
+        return rejected_plan(e)
     except protocol.ProtocolError as e:
         raise PlanError(str(e)) from e
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from redis.exceptions import RedisError
 
 
 class PartitionError(Exception):
@@ -39,3 +40,38 @@ class InvocationNotFound(PartitionError):
 
 class DeploymentError(Exception):
     """An attempt against a deployment failed in a retryable way (transport, HTTP, protocol)."""
+
+
+class StoreUnavailable(PartitionError):
+    """Redis could not be reached, timed out or answered with an error the RPC cannot act on.
+
+    UNAVAILABLE makes the ingress re-route and retry. That is safe: every invocation id is
+    deterministic and every transition is one script, so a retry after an outcome-unknown
+    failure either finds the state the script left or runs the script again. The message never
+    names Redis's address."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__("state store unavailable, retry")
+
+
+class InternalError(PartitionError):
+    """An unexpected failure inside the worker (a bug); logged with its traceback where it happened."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self) -> None:
+        super().__init__("internal error in the partition worker")
+
+
+def translate(exc: BaseException) -> PartitionError:
+    """The one place lower-level exceptions become worker errors at the gRPC boundary.
+
+    PartitionErrors pass through; Redis and OS errors (connection loss, socket timeouts during
+    an fsync stall, a restarting Redis) become `StoreUnavailable`; anything else `InternalError`."""
+    if isinstance(exc, PartitionError):
+        return exc
+    if isinstance(exc, (RedisError, OSError, TimeoutError)):
+        return StoreUnavailable()
+    return InternalError()

@@ -3,26 +3,50 @@
 Start + Input + the stored journal go out in one HTTP/1.1 POST; the SDK's frames come back in
 the response and are returned for `effects.plan_attempt`. Transport failures, HTTP errors and
 framing violations raise `DeploymentError` (the attempt is retried with back-off).
+
+Plain `http://` deployments registered for HTTP/1.1 are reached through the lean keep-alive
+client of `http1.py`; `https://` and HTTP/2 deployments through aiohttp, as before.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import xxhash
 
-from partition import protocol
 from partition.errors import DeploymentError
+from partition.http1 import Http1Error, Http1Pool, encode_request
 from partition.metrics import DEPLOYMENT_DURATION, DEPLOYMENT_ERRORS
-from partition.protocol import Frame
-from partition.sharding import InvocationId
+from shardgate import protocol
+from shardgate.identity import RequestSigner
+from shardgate.protocol import Frame
 from shardgate.schema import Deployment
+from shardgate.sharding import InvocationId
 
 MIN_PROTOCOL_VERSION = 5
 DEFAULT_MAX_PROTOCOL_VERSION = 6  # what a stock Restate 1.7 negotiates; 7 is opt-in
+MAX_CACHED_URLS = 4096
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # what stays unescaped in a request path (as aiohttp sends it)
+
+
+@dataclass(frozen=True, slots=True)
+class PostOptions:
+    """How one attempt's POST is sent: its timeouts, and whether the lean HTTP/1.1 client may."""
+
+    total_timeout_s: float
+    connect_timeout_s: float
+    lean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Http1Target:
+    host: str
+    port: int
+    authority: str  # the Host header
+    path: str  # path and query, escaped
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +81,35 @@ def negotiate(deployment: Deployment, max_version: int) -> int:
     return version
 
 
+def decode_response(data: bytes) -> list[Frame]:
+    """The frames of a deployment's response body. A truncated or corrupt frame stream (a frame
+    cut short, a header alone, a length past the end) raises `DeploymentError` (retryable), the
+    only error this raises; message payloads are decoded later, by the planner."""
+    try:
+        return protocol.decode_frames(data)
+    except protocol.ProtocolError as e:
+        DEPLOYMENT_ERRORS.labels("protocol").inc()
+        raise DeploymentError(f"protocol violation: {e}") from e
+
+
 class Invoker:
     """Sends attempts to deployments over a shared HTTP/1.1 connection pool."""
 
     def __init__(self, connect_timeout_s: float, max_protocol_version: int = DEFAULT_MAX_PROTOCOL_VERSION,
-                 signer: Any = None) -> None:
+                 signer: RequestSigner | None = None) -> None:
         self._connect_timeout_s = connect_timeout_s
         self.max_protocol_version = max_protocol_version
         self._session: aiohttp.ClientSession | None = None
         self._signer = signer
+        self._http1 = Http1Pool()
+        self._targets: dict[str, _Http1Target | None] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def close(self) -> None:
+        self._http1.close()
         if self._session is not None:
             await self._session.close()
 
@@ -92,31 +130,74 @@ class Invoker:
         if self._signer is not None:
             headers.update(self._signer.headers(path))
         body = b"".join((start, inp.input_frame, *inp.journal))
-        timeout = aiohttp.ClientTimeout(total=inp.attempt_timeout_s, sock_connect=self._connect_timeout_s)
-        data = await self._post(deployment.uri.rstrip("/") + path, body, headers, ct, timeout)
-        try:
-            return protocol.decode_frames(data)
-        except protocol.ProtocolError as e:
-            DEPLOYMENT_ERRORS.labels("protocol").inc()
-            raise DeploymentError(f"protocol violation: {e}") from e
+        opts = PostOptions(inp.attempt_timeout_s, self._connect_timeout_s, deployment.use_http_11)
+        data = await self._post(deployment.uri.rstrip("/") + path, body, headers, ct, opts)
+        return decode_response(data)
 
-    async def _post(self, url: str, body: bytes, headers: dict[str, str], ct: str,
-                    timeout: aiohttp.ClientTimeout) -> bytes:
-        assert self._session is not None
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], ct: str, opts: PostOptions) -> bytes:
+        """POST `body` to `url`; the response body. Raises DeploymentError (transport, status,
+        content type)."""
         started = time.perf_counter()
         try:
-            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    DEPLOYMENT_ERRORS.labels("http_status").inc()
-                    raise DeploymentError(f"deployment answered HTTP {resp.status} for {url}")
-                got = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-                if got != ct:
-                    DEPLOYMENT_ERRORS.labels("protocol").inc()
-                    raise DeploymentError(f"deployment answered content-type {got!r}, expected {ct!r}")
-                return data
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            target = self._http1_target(url) if opts.lean else None
+            if target is not None:
+                status, got, data = await self._post_http1(target, body, headers, opts)
+            else:
+                status, got, data = await self._post_aiohttp(url, body, headers, opts)
+        except (TimeoutError, aiohttp.ClientError, OSError, Http1Error) as e:
             DEPLOYMENT_ERRORS.labels("transport").inc()
             raise DeploymentError(f"cannot reach deployment at {url}: {type(e).__name__}: {e}") from e
         finally:
             DEPLOYMENT_DURATION.observe(time.perf_counter() - started)
+        if status != 200:
+            DEPLOYMENT_ERRORS.labels("http_status").inc()
+            raise DeploymentError(f"deployment answered HTTP {status} for {url}")
+        got = got.split(";")[0].strip().lower()
+        if got != ct:
+            DEPLOYMENT_ERRORS.labels("protocol").inc()
+            raise DeploymentError(f"deployment answered content-type {got!r}, expected {ct!r}")
+        return data
+
+    async def _post_http1(self, target: _Http1Target, body: bytes, headers: dict[str, str],
+                          opts: PostOptions) -> tuple[int, str, bytes]:
+        head = encode_request(target.authority, target.path, headers, body)
+        resp = await self._http1.post(target.host, target.port, head, body, opts.total_timeout_s,
+                                      opts.connect_timeout_s)
+        return resp.status, resp.headers.get("content-type", ""), resp.body
+
+    async def _post_aiohttp(self, url: str, body: bytes, headers: dict[str, str],
+                            opts: PostOptions) -> tuple[int, str, bytes]:
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=opts.total_timeout_s, sock_connect=opts.connect_timeout_s)
+        async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+            return resp.status, resp.headers.get("content-type", ""), await resp.read()
+
+    def _http1_target(self, url: str) -> _Http1Target | None:
+        """Where the lean client sends a POST to `url`; None for what it does not handle (https)."""
+        try:
+            return self._targets[url]
+        except KeyError:
+            pass
+        if len(self._targets) >= MAX_CACHED_URLS:
+            self._targets.clear()
+        target = self._targets[url] = _parse_http_url(url)
+        return target
+
+
+def _parse_http_url(url: str) -> _Http1Target | None:
+    """An `http://host[:port]/path` URL as the lean client's target; None for any other URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.username is not None:
+        return None
+    try:
+        port = parts.port or 80
+    except ValueError:
+        return None
+    host = parts.hostname
+    authority = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        authority += f":{port}"
+    path = quote(parts.path or "/", safe=_PATH_SAFE)
+    if parts.query:
+        path += "?" + quote(parts.query, safe=_PATH_SAFE + "?")
+    return _Http1Target(host, port, authority, path)

@@ -13,12 +13,14 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from partition import keys
-from partition.effects import decode_outbox
 from partition.metrics import OUTBOX_DEPTH
+from partition.outbox_codec import decode_outbox
 from partition.scripts import Scripts
 from sgproto.partition.v1 import partition_service_pb2 as pb
+from shardgate.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -26,58 +28,125 @@ BATCH = 128
 MAX_IDLE_S = 5.0
 
 
+LANE_BACKOFF_MIN_S = 0.05
+LANE_BACKOFF_MAX_S = 0.5
+SCAN_LIMIT = 1024
+"""How deep a drain looks past messages held for failing targets."""
+
+
+def target_partition(msg: pb.OutboxMessage) -> int:
+    """The partition a message goes to (its lane)."""
+    return msg.invoke.partition if msg.HasField("invoke") else msg.notify.partition
+
+
+class Lanes:
+    """Per-target retry state: a target whose delivery failed waits (doubling back-off) while the
+    messages to every other target go on; messages to one target stay in order."""
+
+    def __init__(self) -> None:
+        self._backoff_s: dict[int, float] = {}
+        self._retry_at_ms: dict[int, int] = {}
+
+    def ready(self, target: int, now_ms: int) -> bool:
+        return self._retry_at_ms.get(target, 0) <= now_ms
+
+    def failed(self, target: int, now_ms: int) -> None:
+        backoff = min(self._backoff_s.get(target, LANE_BACKOFF_MIN_S / 2) * 2, LANE_BACKOFF_MAX_S)
+        self._backoff_s[target] = backoff
+        self._retry_at_ms[target] = now_ms + int(backoff * 1000)
+
+    def succeeded(self, target: int) -> None:
+        self._backoff_s.pop(target, None)
+        self._retry_at_ms.pop(target, None)
+
+    def next_retry_s(self, now_ms: int) -> float:
+        """Seconds until the earliest held target may be tried again (the minimum back-off if none)."""
+        if not self._retry_at_ms:
+            return LANE_BACKOFF_MIN_S
+        return max(0.0, (min(self._retry_at_ms.values()) - now_ms) / 1000)
+
+
 class PartitionOutbox:
     def __init__(self, redis: Redis, scripts: Scripts, partition: int, token: str,
-                 deliver: Callable[[pb.OutboxMessage], Awaitable[None]]) -> None:
+                 deliver: Callable[[pb.OutboxMessage], Awaitable[None]], clock: Clock = SYSTEM_CLOCK) -> None:
         self._redis = redis
+        self._clock = clock
         self._scripts = scripts
         self._partition = partition
         self._token = token
         self._deliver = deliver
         self._key = keys.outbox(partition)
         self._wake = asyncio.Event()
+        self.lanes = Lanes()
 
     def poke(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
-        backoff = 0.05
         while True:
             self._wake.clear()
             try:
-                delivered, pending = await self._drain()
+                delivered, held, more = await self._drain()
             except asyncio.CancelledError:
                 raise
+            except (RedisError, OSError) as e:
+                log.warning("outbox drain: state store unavailable (%s), retrying", type(e).__name__,
+                            extra={"partition": self._partition})
+                delivered, held, more = 0, 0, False
+                await self._clock.sleep(LANE_BACKOFF_MAX_S / 2)
+                continue
             except Exception:
                 log.exception("outbox drain failed", extra={"partition": self._partition})
-                delivered, pending = 0, 1
-            if pending and not delivered:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await self._clock.sleep(LANE_BACKOFF_MAX_S / 2)
                 continue
-            backoff = 0.05
-            if pending:
+            if delivered and more:
+                continue  # a full batch went out: there may be more behind it
+            if held:
+                await self._clock.wait(self._wake, self.lanes.next_retry_s(self._clock.now_ms()))
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), MAX_IDLE_S)
-            except TimeoutError:
-                pass
+            await self._clock.wait(self._wake, MAX_IDLE_S)
 
-    async def _drain(self) -> tuple[int, int]:
-        """Deliver the head of the outbox in order; returns (delivered, still pending)."""
+    async def _window(self) -> list[bytes]:
+        """The head of the outbox: BATCH messages, or up to SCAN_LIMIT when the head is all held."""
         items = cast("list[bytes]", await self._redis.lrange(self._key, 0, BATCH - 1))
+        if len(items) == BATCH and self._all_held(items):
+            items += cast("list[bytes]", await self._redis.lrange(self._key, BATCH, SCAN_LIMIT - 1))
+        return items
+
+    def _all_held(self, items: list[bytes]) -> bool:
+        now = self._clock.now_ms()
+        return all(not self.lanes.ready(target_partition(decode_outbox(raw)), now) for raw in items)
+
+    async def _drain(self) -> tuple[int, int, bool]:
+        """Deliver what the head of the outbox holds, in order per target; a target whose delivery
+        fails is held (back-off) and the others go on. Returns (delivered, held, batch was full)."""
+        items = await self._window()
         OUTBOX_DEPTH.labels(str(self._partition)).set(len(items))
-        done = 0
+        delivered: list[bytes] = []
+        held: set[int] = set()
+        held_count = 0
         for raw in items:
+            if len(delivered) >= BATCH:
+                break
+            msg = decode_outbox(raw)
+            target = target_partition(msg)
+            if target in held or not self.lanes.ready(target, self._clock.now_ms()):
+                held.add(target)  # keeps this target's later messages behind this one
+                held_count += 1
+                continue
             try:
-                await self._deliver(decode_outbox(raw))
+                await self._deliver(msg)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001  any failure: keep it queued and retry
-                log.warning("outbox delivery failed, will retry: %s", e, extra={"partition": self._partition})
-                break
-            done += 1
-        if done:
-            await self._scripts.outbox_ack(self._partition, self._token, done)
-        # A full batch may have more behind it: report it pending so the loop drains on at once.
-        return done, len(items) - done + (1 if len(items) == BATCH and done == len(items) else 0)
+            except Exception as e:  # noqa: BLE001  any failure: keep it queued, hold its lane
+                self.lanes.failed(target, self._clock.now_ms())
+                held.add(target)
+                held_count += 1
+                log.warning("outbox delivery to partition %d failed, will retry: %s", target, e,
+                            extra={"partition": self._partition})
+                continue
+            self.lanes.succeeded(target)
+            delivered.append(raw)
+        if delivered:
+            await self._scripts.outbox_ack(self._partition, self._token, delivered)
+        return len(delivered), held_count, len(items) >= BATCH

@@ -1,14 +1,16 @@
-"""Retry policy: exponential back-off between failed attempts.
+"""Retry policy: exponential back-off between failed attempts, and what a failure leads to.
 
-The defaults are Restate 1.7's (`shardgate.schema.DEFAULT_RETRY_POLICY`); the manifest may
+The defaults are Restate 1.7's (`shardgate.schema.DEFAULT_RETRY_POLICY`, resolved by `effective_settings`); the manifest may
 override any field per service and per handler.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
-from shardgate.schema import DEFAULT_RETRY_POLICY, HandlerMeta, ServiceMeta
+from sgproto.protocol.v1 import protocol_pb2 as pb
+from shardgate.schema import HandlerMeta, ServiceMeta, effective_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,17 +32,29 @@ class RetryPolicy:
         return failed_attempts >= self.max_attempts
 
 
-_FIELDS = ("initial_interval_ms", "exponentiation_factor", "max_interval_ms", "max_attempts", "on_max_attempts")
-
-
 def policy_for(service: ServiceMeta | None, handler: HandlerMeta | None) -> RetryPolicy:
-    """Handler overrides beat service overrides beat the defaults, field by field."""
-    layers = [DEFAULT_RETRY_POLICY]
-    if service is not None:
-        layers.append(service.retry_policy)
-        if handler is not None:
-            layers.append(handler.retry_policy)
-    values = {}
-    for name in _FIELDS:
-        values[name] = next(getattr(layer, name) for layer in reversed(layers) if getattr(layer, name) is not None)
-    return RetryPolicy(**values)
+    """Handler overrides beat service overrides beat the defaults, field by field
+    (`shardgate.schema.effective_settings`, the one resolver)."""
+    p = effective_settings(service, handler if service is not None else None).retry_policy
+    return RetryPolicy(p.initial_interval_ms, p.exponentiation_factor, p.max_interval_ms, p.max_attempts,
+                       p.on_max_attempts)
+
+
+class FailureAction(str, Enum):
+    """What a failed attempt leads to."""
+
+    RETRY = "retry"  # back off, then the next attempt
+    PAUSE = "pause"  # stop retrying; the invocation waits, paused
+    COMPLETE = "complete"  # complete the invocation with the failure (KILL policy, or the SDK's FAIL)
+
+
+def after_failure(policy: RetryPolicy, failed_attempts: int, behavior: int = pb.ErrorMessage.RETRY) -> FailureAction:
+    """The action after `failed_attempts` consecutive failures; `behavior` is what a v7 SDK asked
+    for in its ErrorMessage (PAUSE and FAIL override the policy)."""
+    if behavior == pb.ErrorMessage.FAIL:
+        return FailureAction.COMPLETE
+    if behavior == pb.ErrorMessage.PAUSE:
+        return FailureAction.PAUSE
+    if policy.exhausted(failed_attempts):
+        return FailureAction.COMPLETE if policy.on_max_attempts == "KILL" else FailureAction.PAUSE
+    return FailureAction.RETRY

@@ -1,292 +1,204 @@
-"""Partition RPC logic: invoke / attach / get_output / deliver, and what a partition owner runs.
+"""The worker's partition RPCs: each is answered by the leader of the addressed partition.
 
-Every durable change is one Lua transition (`scripts.py`). In-memory state is only what can be
-rebuilt from Redis: callers waiting for a result (answered by this process when the invocation
-completes here), the per-partition timer and outbox loops, and the driver (`driver.py`) that
-takes accepted invocations to completion. When a partition is (re)acquired, its invoked
-invocations are resumed, its timers re-armed and its outbox drained.
+A worker holds one `PartitionLeader` (`leader.py`) per partition it owns: `on_acquired` creates
+and opens it, `on_lost` closes it. An RPC for a partition without a leader here answers
+NOT_LEADER, and the ingress re-routes. Outbox messages go to the local leader of their
+partition when there is one, else over gRPC to its owner (`delivery.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any, cast
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-from partition import keys, protocol
-from partition.driver import Driver, now_ms, result
-from partition.errors import InvocationNotFound, NotLeader
+from partition.driver import Driver, LeaseCheck
+from partition.errors import NotLeader
 from partition.invoker import Invoker
-from partition.metrics import INVOCATIONS
-from partition.outbox import PartitionOutbox
-from partition.scripts import Accepted, Scripts, Target
-from partition.timers import PartitionTimers
+from partition.leader import PartitionLeader
+from partition.scripts import Scripts
+from partition.transition import AcceptOutcome
 from sgproto.partition.v1 import partition_service_pb2 as pb
+from shardgate.clock import SYSTEM_CLOCK, Clock
+from shardgate.limits import RULES_KEY, VERSION_FIELD, RuleBook, book_from_hash
+from shardgate.schema import SchemaSnapshot
+from shardgate.tasks import cancel_and_wait
 
-KIND_NAMES = {
-    pb.HANDLER_KIND_SERVICE: "service",
-    pb.HANDLER_KIND_EXCLUSIVE: "exclusive",
-    pb.HANDLER_KIND_SHARED: "shared",
-    pb.HANDLER_KIND_WORKFLOW: "workflow",
-}
-WORKFLOW_ALREADY_INVOKED = "the workflow method was already invoked"
+SHUTDOWN_WAIT_S = 5.0
+"""How long a stop waits for the closed leaders' tasks before it goes on without them."""
+RULES_POLL_S = 0.25
+"""How often the flow-control rule book's version is checked (a change is in force within a second)."""
 
+log = logging.getLogger(__name__)
 
-@dataclass(slots=True)
-class _Waiter:
-    future: asyncio.Future[pb.Result]
-    partition: int
-
-
-def _int(raw: bytes | None) -> int | None:
-    return int(raw) if raw else None
+RemoteDeliver = Callable[[pb.OutboxMessage, int], Awaitable[None]]
 
 
-def _hash_fields(req: pb.InvokeRequest, kind: str, key: str | None, input_frame: bytes, now: int) -> list[Any]:
-    """The new invocation's status hash, as field/value pairs for `accept.lua`."""
-    fields: list[Any] = [
-        "svc", req.service, "hdl", req.handler, "kind", kind, "in", input_frame,
-        "cret", req.completion_retention_ms, "jret", req.journal_retention_ms, "ct", now, "mt", now,
-        "lg", now, "att", 0,
-    ]
-    if key is not None:
-        fields += ("key", key)
-    if req.HasField("idempotency_key"):
-        fields += ("idem", req.idempotency_key)
-    if req.request_nonce:
-        fields += ("rq", req.request_nonce)
-    return fields
+class RuleBookCache:
+    """The flow-control rule book of this worker: loaded at the first `current()`, then kept fresh
+    by `run()` polling the stored version every `RULES_POLL_S` (one HGET; HGETALL on a change)."""
 
+    def __init__(self, redis: Redis, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._book: RuleBook | None = None
+        self._loading: asyncio.Lock = asyncio.Lock()
+        self.on_change: list[Callable[[RuleBook], None]] = []  # called with each new book after the first
 
-def _parent(req: pb.InvokeRequest) -> str:
-    """`<id>|<partition>|<completion id>,` of the invocation waiting for this one's result, or ""."""
-    if not req.HasField("parent"):
-        return ""
-    return f"{req.parent.invocation_id}|{req.parent.partition}|{req.parent.result_completion_id},"
+    async def current(self) -> RuleBook:
+        """The rule book; the first call reads it from Redis. Raises RedisError on that read."""
+        if self._book is not None:
+            return self._book
+        async with self._loading:
+            if self._book is None:
+                self._book = book_from_hash(await self._redis.hgetall(RULES_KEY))
+        return self._book
 
+    async def refresh(self) -> None:
+        """Re-read the rule book when its stored version changed. Raises RedisError."""
+        raw = await self._redis.hget(RULES_KEY, VERSION_FIELD)
+        version = int(raw) if raw else 0
+        if self._book is None or self._book.version != version:
+            first = self._book is None
+            self._book = book_from_hash(await self._redis.hgetall(RULES_KEY))
+            if not first:
+                for listener in self.on_change:
+                    listener(self._book)
 
-def _driver_fields(req: pb.InvokeRequest, kind: str, key: str | None, input_frame: bytes,
-                   now: int) -> dict[bytes, bytes]:
-    """The part of a just-accepted invocation's hash that its first attempt reads."""
-    base = {b"svc": req.service.encode(), b"hdl": req.handler.encode(), b"kind": kind.encode(),
-            b"in": input_frame, b"ct": str(now).encode(), b"lg": str(now).encode(), b"att": b"0"}
-    if key is not None:
-        base[b"key"] = key.encode()
-    return base
+    async def run(self, interval_s: float = RULES_POLL_S) -> None:
+        """Poll until cancelled; a Redis failure keeps the last book and tries again."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception as e:  # noqa: BLE001  Redis unavailable: keep the last rule book
+                log.warning("cannot refresh the flow-control rules (%s)", type(e).__name__)
+            await self._clock.sleep(interval_s)
 
 
 class PartitionService:
     """One per worker process; partitions come and go through `on_acquired` / `on_lost`."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, invoker: Invoker, schema: Any, partitions: int,
-                 max_concurrent: int, remote_deliver: Any = None) -> None:
+    def __init__(self, redis: Redis, scripts: Scripts, invoker: Invoker, schema: Callable[[], SchemaSnapshot],
+                 partitions: int, max_concurrent: int, remote_deliver: RemoteDeliver | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._redis = redis
         self._scripts = scripts
-        self._remote_deliver = remote_deliver  # async (OutboxMessage, partition) -> None
-        self._tokens: dict[int, str] = {}
-        self._waiters: dict[str, list[_Waiter]] = {}
-        self._timers: dict[int, PartitionTimers] = {}
-        self._outboxes: dict[int, PartitionOutbox] = {}
-        self._loops: dict[int, list[asyncio.Task[Any]]] = {}
-        # `schema` is a callable -> SchemaSnapshot
-        self._driver = Driver(redis, scripts, invoker, schema, partitions, max_concurrent, self._tokens,
-                              self._resolve, self._awaited, self._poke)
+        self._remote_deliver = remote_deliver
+        self._clock = clock
+        self._driver = Driver(scripts, invoker, schema, partitions, max_concurrent, clock)
+        self._leaders: dict[int, PartitionLeader] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.rules = RuleBookCache(redis, clock)
+        self.rules.on_change.append(self._limits_changed)
+        self._rules_poll: asyncio.Task[None] | None = None
 
-    @property
-    def tokens(self) -> dict[int, str]:
-        """Partition -> fence token of the partitions owned here (the dict is shared with Ownership)."""
-        return self._tokens
+    # ---- ownership callbacks -----------------------------------------------------------------
+    def check_leases(self, leases: LeaseCheck) -> None:
+        """Send no attempt to a deployment on a partition whose lease ran out by this worker's
+        clock (`Ownership.lease_valid`) until a renewal confirms it, e.g. right after a freeze."""
+        self._driver.leases = leases
 
-    @tokens.setter
-    def tokens(self, tokens: dict[int, str]) -> None:
-        self._tokens = self._driver.tokens = tokens
+    def new_leader(self, partition: int, token: str) -> PartitionLeader:
+        """A leader for `partition` under `token`, not opened (tests drive its parts directly)."""
+        return PartitionLeader(partition, token, redis=self._redis, scripts=self._scripts, driver=self._driver,
+                               clock=self._clock, deliver=self._deliver_from_outbox, rules=self.rules.current)
 
-    # ---- ownership callbacks -------------------------------------------------------------
     def on_acquired(self, partition: int, token: str) -> None:
-        timers = PartitionTimers(self._redis, partition, lambda m: self._driver.fire_timer(partition, token, m))
-        outbox = PartitionOutbox(self._redis, self._scripts, partition, token, self._deliver_from_outbox)
-        self._timers[partition], self._outboxes[partition] = timers, outbox
-        loop = asyncio.get_running_loop()
-        self._loops[partition] = [loop.create_task(timers.run()), loop.create_task(outbox.run())]
-        self._driver.resume_partition(partition, token)
+        if self._rules_poll is None:  # the first partition: keep the rule book fresh from now on
+            self._rules_poll = asyncio.get_running_loop().create_task(self.rules.run())
+        old = self._leaders.pop(partition, None)
+        if old is not None:
+            self._close(old)
+        leader = self._leaders[partition] = self.new_leader(partition, token)
+        leader.open()
+
+    def _limits_changed(self, book: RuleBook) -> None:
+        for leader in self._leaders.values():
+            leader.limits_changed(book)
 
     def on_lost(self, partition: int) -> None:
-        for task in self._loops.pop(partition, []):
-            task.cancel()
-        # The new owner replays these invocations: stop their attempts here at once, so side
-        # effects do not run twice concurrently and our slots are free for what we still own.
-        self._driver.cancel_partition(partition)
-        self._timers.pop(partition, None)
-        self._outboxes.pop(partition, None)
-        for inv_id, ws in list(self._waiters.items()):
-            keep = [w for w in ws if w.partition != partition]
-            for w in ws:
-                if w.partition == partition and not w.future.done():
-                    w.future.set_exception(NotLeader(partition))
-            if keep:
-                self._waiters[inv_id] = keep
-            else:
-                del self._waiters[inv_id]
+        leader = self._leaders.pop(partition, None)
+        if leader is not None:
+            self._close(leader)
+        self._driver.unhold(partition)  # its drivers are cancelled: a later leader starts afresh
 
-    def _token(self, partition: int) -> str:
-        tok = self._tokens.get(partition)
-        if tok is None:
+    def _close(self, leader: PartitionLeader) -> None:
+        leader.close()
+        task = asyncio.get_running_loop().create_task(leader.wait_closed())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def leader(self, partition: int) -> PartitionLeader:
+        """The leader of `partition` here. Raises NotLeader."""
+        leader = self._leaders.get(partition)
+        if leader is None:
             raise NotLeader(partition)
-        return tok
+        return leader
 
-    def _poke(self, partition: int, timers: bool, outbox: bool) -> None:
-        if timers and partition in self._timers:
-            self._timers[partition].poke()
-        if outbox and partition in self._outboxes:
-            self._outboxes[partition].poke()
-
-    # ---- RPCs ----------------------------------------------------------------------------
-    async def _accept(self, req: pb.InvokeRequest, token: str) -> Accepted:
-        p, inv_id = req.partition, req.invocation_id
-        kind = KIND_NAMES[req.kind]
-        key = req.key if req.HasField("key") else None
-        now = now_ms()
-        input_frame = protocol.input_command(req.body, [(h.key, h.value) for h in req.headers])
-        fields = _hash_fields(req, kind, key, input_frame, now)
-        exec_ms = req.execution_time_ms if req.HasField("execution_time_ms") else None
-        t = Target(p, inv_id, req.service, key)
-        acc = await self._scripts.accept(t, token, now, kind, exec_ms, _parent(req), fields)
-        if acc.outcome == "DUP":
-            INVOCATIONS.labels("duplicate").inc()
-            self._poke(p, False, acc.parents_notified > 0)
-            if acc.dup_status == "invoked":
-                self._driver.resume(p, token, inv_id)
-            return acc
-        INVOCATIONS.labels("accepted").inc()
-        if acc.outcome == "INVOKED":
-            self._driver.start(t, token, _driver_fields(req, kind, key, input_frame, now), acc.state or {})
-        elif acc.outcome == "SCHEDULED":
-            self._poke(p, True, False)
-        return acc
-
+    # ---- RPCs --------------------------------------------------------------------------------
     async def invoke(self, req: pb.InvokeRequest) -> pb.InvokeResponse:
         """Accept a call or send; a call waits for the result."""
-        p, inv_id = req.partition, req.invocation_id
-        token = self._token(p)
-        waiter = self._add_waiter(inv_id, p) if req.wait else None
-        try:
-            acc = await self._accept(req, token)
-        except BaseException:
-            self._drop_waiter(inv_id, waiter)
-            raise
-        resp = pb.InvokeResponse(invocation_id=inv_id)
-        exec_ms = acc.execution_time_ms if acc.outcome == "DUP" else (
-            req.execution_time_ms if acc.outcome == "SCHEDULED" else None)
-        if exec_ms is not None:
-            resp.execution_time_ms = exec_ms
-        if acc.outcome == "DUP" and not req.wait and not (req.request_nonce and acc.request_nonce == req.request_nonce):
-            resp.send_status = pb.SEND_STATUS_PREVIOUSLY_ACCEPTED
-        if waiter is None:
-            return resp
-        resent = bool(req.request_nonce) and acc.request_nonce == req.request_nonce
-        if acc.outcome == "DUP" and req.kind == pb.HANDLER_KIND_WORKFLOW and not resent:
-            self._drop_waiter(inv_id, waiter)
-            resp.result.CopyFrom(result(409, WORKFLOW_ALREADY_INVOKED, b"", None))
-            return resp
-        if acc.outcome == "DUP" and acc.dup_status == "completed":
-            self._drop_waiter(inv_id, waiter)
-            resp.result.CopyFrom(result(acc.rc, acc.rm, acc.rv, acc.expires_ms))
-            return resp
-        resp.result.CopyFrom(await self._wait(inv_id, waiter))
-        return resp
+        return await self.leader(req.partition).invoke(req)
 
     async def attach(self, ref: pb.InvocationRef) -> pb.InvokeResponse:
         """Wait for an invocation's result; NOT_FOUND if it does not exist."""
-        self._token(ref.partition)
-        waiter = self._add_waiter(ref.invocation_id, ref.partition)
-        try:
-            st, rc, rm, rv, exp = cast("list[bytes | None]", await self._redis.hmget(
-                keys.invocation(ref.partition, ref.invocation_id), "st", "rc", "rm", "rv", "exp"))
-        except BaseException:
-            self._drop_waiter(ref.invocation_id, waiter)
-            raise
-        resp = pb.InvokeResponse(invocation_id=ref.invocation_id)
-        if st is None or st == b"completed":
-            self._drop_waiter(ref.invocation_id, waiter)
-            if st is None:
-                raise InvocationNotFound(ref.invocation_id)
-            resp.result.CopyFrom(result(int(rc or 0), (rm or b"").decode(), rv or b"", _int(exp)))
-            return resp
-        resp.result.CopyFrom(await self._wait(ref.invocation_id, waiter))
-        return resp
+        return await self.leader(ref.partition).attach(ref)
 
     async def get_output(self, ref: pb.InvocationRef) -> pb.OutputResponse:
-        self._token(ref.partition)
-        st, rc, rm, rv, exp = cast("list[bytes | None]", await self._redis.hmget(
-            keys.invocation(ref.partition, ref.invocation_id), "st", "rc", "rm", "rv", "exp"))
-        if st is None:
-            return pb.OutputResponse(status=pb.OUTPUT_STATUS_NOT_FOUND)
-        if st != b"completed":
-            return pb.OutputResponse(status=pb.OUTPUT_STATUS_NOT_READY)
-        return pb.OutputResponse(status=pb.OUTPUT_STATUS_READY,
-                                 result=result(int(rc or 0), (rm or b"").decode(), rv or b"", _int(exp)))
+        return await self.leader(ref.partition).get_output(ref)
+
+    async def manage(self, req: pb.ManageRequest) -> pb.ManageResponse:
+        """Apply a lifecycle command (cancel, kill, purge, pause, resume) to an invocation."""
+        return await self.leader(req.partition).manage(req)
 
     async def deliver(self, msg: pb.OutboxMessage) -> pb.DeliverResponse:
         """Apply a message from another partition's outbox (or an awakeable completion)."""
         if msg.HasField("invoke"):
-            acc = await self._accept(msg.invoke, self._token(msg.invoke.partition))
-            status = pb.DELIVER_STATUS_DUPLICATE if acc.outcome == "DUP" else pb.DELIVER_STATUS_APPLIED
-            return pb.DeliverResponse(status=status)
-        n = msg.notify
-        token = self._token(n.partition)
-        notified = await self._scripts.notify(n.partition, n.invocation_id, token, now_ms(), n.key, n.frame)
-        self._driver.wake(notified, token)
-        return pb.DeliverResponse(status={
-            "GONE": pb.DELIVER_STATUS_GONE, "DUP": pb.DELIVER_STATUS_DUPLICATE,
-        }.get(notified.outcome, pb.DELIVER_STATUS_APPLIED))
+            acc = await self.leader(msg.invoke.partition).accept(msg.invoke)
+            dup = acc.outcome is AcceptOutcome.DUP
+            return pb.DeliverResponse(status=pb.DELIVER_STATUS_DUPLICATE if dup else pb.DELIVER_STATUS_APPLIED)
+        return await self.leader(msg.notify.partition).notify(msg.notify)
 
     async def _deliver_from_outbox(self, msg: pb.OutboxMessage) -> None:
         p = msg.invoke.partition if msg.HasField("invoke") else msg.notify.partition
-        if p in self._tokens:
+        if p in self._leaders:
             await self.deliver(msg)
         elif self._remote_deliver is not None:
             await self._remote_deliver(msg, p)
         else:
             raise NotLeader(p)
 
-    # ---- waiters -------------------------------------------------------------------------
-    def _add_waiter(self, inv_id: str, partition: int) -> _Waiter:
-        w = _Waiter(asyncio.get_running_loop().create_future(), partition)
-        self._waiters.setdefault(inv_id, []).append(w)
-        return w
+    def hold(self, partition: int) -> None:
+        """Start no new attempt of `partition` here: it is being handed to another worker."""
+        self._driver.hold(partition)
 
-    def _drop_waiter(self, inv_id: str, waiter: _Waiter | None) -> None:
-        if waiter is None:
-            return
-        ws = self._waiters.get(inv_id)
-        if ws and waiter in ws:
-            ws.remove(waiter)
-            if not ws:
-                del self._waiters[inv_id]
+    def quiesce(self) -> None:
+        """Graceful stop: start no new attempt (the running ones go on to their transition)."""
+        self._driver.quiesce()
 
-    async def _wait(self, inv_id: str, waiter: _Waiter) -> pb.Result:
-        try:
-            return await waiter.future
-        finally:
-            self._drop_waiter(inv_id, waiter)
-
-    def _resolve(self, inv_id: str, result: pb.Result) -> None:
-        """Answer everyone waiting here. Waiters never get `expires_ms`: Restate announces
-        `idempotency-expires` only when a stored result is replayed, not to the callers that waited."""
-        result.ClearField("expires_ms")
-        for w in self._waiters.pop(inv_id, []):
-            if not w.future.done():
-                w.future.set_result(result)
-
-    def _awaited(self, inv_id: str) -> bool:
-        return inv_id in self._waiters
+    async def wait_idle(self, partition: int, grace_s: float) -> bool:
+        """Wait up to `grace_s` until no attempt of `partition` runs here; True when none does."""
+        return await self._driver.wait_idle(partition, grace_s)
 
     async def shutdown(self) -> None:
-        loops = [t for ts in self._loops.values() for t in ts]
-        for t in loops:
-            t.cancel()
-        await self._driver.shutdown()
-        if loops:
-            await asyncio.gather(*loops, return_exceptions=True)
+        """Stop every leader (their attempts are replayed by the partitions' next owners)."""
+        for p in list(self._leaders):
+            self.on_lost(p)
+        if self._rules_poll is not None:  # bounded: a lost cancellation is cancelled again
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancel_and_wait([self._rules_poll]), SHUTDOWN_WAIT_S)
+        if self._closing:
+            _, stuck = await asyncio.wait(list(self._closing), timeout=SHUTDOWN_WAIT_S)
+            if stuck:  # a task ignores its cancellation: name every running task, do not hang the stop
+                current = asyncio.current_task()
+                running = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+                log.error("leaders did not stop within %.0fs; running tasks: %s", SHUTDOWN_WAIT_S,
+                          "; ".join(f"{t.get_coro()!r} at {_where(t)}" for t in running))
+
+
+def _where(task: asyncio.Task[object]) -> str:
+    """Where a task is suspended: file:line of its innermost frames."""
+    return " <- ".join(f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}" for f in task.get_stack(limit=6))

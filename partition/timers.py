@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 from redis.asyncio import Redis
 
 from partition import keys
+from partition.loop import run_wakeable
 from partition.metrics import TIMER_LAG
+from shardgate.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,11 @@ BATCH = 256
 FIRE_CONCURRENCY = 32
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class PartitionTimers:
-    def __init__(self, redis: Redis, partition: int, fire: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(self, redis: Redis, partition: int, fire: Callable[[str], Awaitable[None]],
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._redis = redis
+        self._clock = clock
         self._key = keys.timers(partition)
         self._partition = partition
         self._fire = fire
@@ -45,21 +44,7 @@ class PartitionTimers:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                delay_s = await self._tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("timer loop failed", extra={"partition": self._partition})
-                delay_s = 1.0
-            if delay_s <= 0:
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay_s)
-            except TimeoutError:
-                pass
+        await run_wakeable("timer loop", self._partition, self._tick, self._wake, self._clock)
 
     async def _fire_one(self, member: str) -> bool:
         async with self._concurrency:
@@ -74,7 +59,7 @@ class PartitionTimers:
 
     async def _tick(self) -> float:
         """Fire what is due; return how long to sleep before the next check."""
-        now = now_ms()
+        now = self._clock.now_ms()
         due = cast("list[tuple[bytes, float]]",  # bytes: the client does not decode responses
                    await self._redis.zrangebyscore(self._key, "-inf", now, start=0, num=BATCH, withscores=True))
         for _, score in due:
@@ -88,4 +73,4 @@ class PartitionTimers:
         nxt = cast("list[tuple[bytes, float]]", await self._redis.zrange(self._key, 0, 0, withscores=True))
         if not nxt:
             return MAX_IDLE_S
-        return min(MAX_IDLE_S, max(0.0, (nxt[0][1] - now_ms()) / 1000))
+        return min(MAX_IDLE_S, max(0.0, (nxt[0][1] - self._clock.now_ms()) / 1000))

@@ -6,7 +6,7 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from partition.keys import CLUSTER as CLUSTER_KEY  # hash: partitions (fixed at first start)
+from shardgate.keys import CLUSTER as CLUSTER_KEY  # hash: partitions (fixed at first start)
 
 
 class ClusterMismatch(Exception):

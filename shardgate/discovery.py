@@ -18,6 +18,8 @@ from typing import Any
 
 import aiohttp
 
+from shardgate.identity import RequestSigner
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_CONTENT_TYPES = {f"application/vnd.restate.endpointmanifest.v{n}+json": n for n in (1, 2, 3, 4)}
@@ -143,7 +145,7 @@ def _manifest_version(content_type: str | None) -> int:
 
 async def discover_endpoint(
     session: aiohttp.ClientSession, uri: str, additional_headers: dict[str, str], timeout_s: float,
-    signer: Any = None,
+    signer: RequestSigner | None = None,
 ) -> Discovered:
     """Fetch and decode the manifest of the deployment at `uri`, retrying transient failures.
 

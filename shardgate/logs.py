@@ -10,6 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis.exceptions
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -63,7 +65,8 @@ def run_async(main: Any) -> None:
 def run_process(role: str, load_config: Callable[[], Any], serve: Callable[[Any], Awaitable[None]]) -> int:
     """Shared `main()` of the process entry points: config, logging, event loop, exit codes.
 
-    Exit codes: 0 clean stop, 2 bad configuration, 3 refused to join the cluster.
+    Exit codes: 0 clean stop, 2 bad configuration (also found while starting: a credentials file,
+    Redis refusing the password), 3 refused to join the cluster.
     """
     from shardgate.cluster import ClusterMismatch
     from shardgate.envconfig import ConfigError
@@ -79,4 +82,10 @@ def run_process(role: str, load_config: Callable[[], Any], serve: Callable[[Any]
     except ClusterMismatch as e:
         logging.getLogger(role).error("refusing to start: %s", e)
         return 3
+    except ConfigError as e:  # found while starting, e.g. an unreadable credentials file
+        logging.getLogger(role).error("configuration error: %s", e)
+        return 2
+    except redis.exceptions.AuthenticationError as e:
+        logging.getLogger(role).error("refusing to start: Redis refused the credentials of SHARDGATE_REDIS_URL: %s", e)
+        return 2
     return 0

@@ -28,7 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from partition.keys import REGISTRY as REGISTRY_KEY
+from shardgate.keys import REGISTRY as REGISTRY_KEY
 from shardgate.schema import (
     Deployment,
     SchemaSnapshot,
@@ -98,7 +98,8 @@ def _redis_errors() -> Iterator[None]:
     try:
         yield
     except RedisError as exc:
-        raise RegistryUnavailable(f"registry storage unavailable: {exc}") from exc
+        logger.warning("registry storage unavailable: %s", exc)
+        raise RegistryUnavailable("registry storage unavailable, retry") from exc
 
 
 def new_deployment_id(now_ms: int | None = None) -> str:
@@ -215,6 +216,11 @@ class RegistryStore:
         self._key = key
         self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._cas = redis.register_script(CAS_SCRIPT)
+
+    @property
+    def redis(self) -> Redis:
+        """The client this store reads and writes with (the admin API's other stores share it)."""
+        return self._redis
 
     async def version(self) -> int:
         """Current registry version (0 when empty). Raises `RegistryUnavailable`."""

@@ -1,8 +1,8 @@
 """Routing table shared by ingress nodes and workers: partition id -> owning worker's gRPC stub, from the routing hints workers publish.
 
-Workers write `sg:routes` (partition -> "address|token") when they acquire a lease. The table
-is reloaded every second and at once when a worker answers NOT_LEADER or cannot be reached,
-so the hot path never reads leases.
+Workers' lease scripts write each partition's route (`sg:{pI}:route` = "address|token") inside
+the fence, on acquisition and on every renewal. The table is reloaded every second and at once
+when a worker answers NOT_LEADER or cannot be reached, so the hot path never reads leases.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import cast
 import grpc
 from redis.asyncio import Redis
 
-from partition import keys
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
+from shardgate import keys
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,16 @@ _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+async def read_routes(redis: Redis, partitions: int) -> list[str | None]:
+    """Every partition's route `address|token` (None where no owner published one), in one
+    round trip: a non-transactional pipeline of GETs, so it also works across cluster slots."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for p in range(partitions):
+            pipe.get(keys.route(p))
+        raw = cast("list[bytes | None]", await pipe.execute())
+    return [None if v is None else v.decode() for v in raw]
 
 
 class Router:
@@ -58,14 +68,10 @@ class Router:
         await asyncio.shield(self._refreshing)
 
     async def _load(self) -> None:
-        raw = cast("dict[bytes, bytes]", await self._redis.hgetall(keys.ROUTES))
+        raw = await read_routes(self._redis, len(self._routes))
         if self._on_refresh is not None:
             self._on_refresh()
-        routes: list[str | None] = [None] * len(self._routes)
-        for p, v in raw.items():
-            i = int(p)
-            if 0 <= i < len(routes):
-                routes[i] = v.decode().split("|", 1)[0]
+        routes: list[str | None] = [None if v is None else v.split("|", 1)[0] for v in raw]
         self._routes = routes
         live = set(filter(None, routes))
         for addr in [a for a in self._channels if a not in live]:

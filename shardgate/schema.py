@@ -68,6 +68,34 @@ DEFAULT_RETRY_POLICY = RetryPolicy(
 
 
 @dataclass(frozen=True, slots=True)
+class EffectiveRetryPolicy:
+    """A retry policy with every field resolved (what an attempt actually uses)."""
+
+    initial_interval_ms: int
+    max_interval_ms: int
+    max_attempts: int  # including the first attempt
+    exponentiation_factor: float
+    on_max_attempts: str  # "PAUSE" | "KILL"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingDefaults:
+    """The bottom of the cascade "handler, else service, else default"; Restate 1.7's values.
+
+    Processes that make a default configurable build their own instance; everything else uses
+    `RESTATE_DEFAULTS`.
+    """
+
+    idempotency_retention_ms: int = DEFAULT_IDEMPOTENCY_RETENTION_MS
+    workflow_completion_retention_ms: int = DEFAULT_WORKFLOW_COMPLETION_RETENTION_MS
+    journal_retention_ms: int = DEFAULT_JOURNAL_RETENTION_MS  # 0 = journals not retained
+    inactivity_timeout_ms: int = DEFAULT_INACTIVITY_TIMEOUT_MS
+    abort_timeout_ms: int = DEFAULT_ABORT_TIMEOUT_MS
+    enable_lazy_state: bool = False
+    retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY  # None fields fall back to DEFAULT_RETRY_POLICY's
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerMeta:
     """One handler of a service, with the input/output rules the ingress enforces."""
 
@@ -141,6 +169,78 @@ class SchemaSnapshot:
     @classmethod
     def empty(cls) -> SchemaSnapshot:
         return cls(version=0, services={}, deployments={})
+
+
+# --- Effective settings: the one cascade "handler, else service, else default" ------------------
+
+RESTATE_DEFAULTS = SettingDefaults()
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSettings:
+    """What a handler (or, without one, a service) effectively runs with; every field is set.
+
+    `completion_retention_ms` is how long the result of an idempotent invocation or a workflow
+    run is kept: the workflow completion retention for a workflow's run handler, else the
+    idempotency retention (Restate `compute_retention`).
+    """
+
+    idempotency_retention_ms: int
+    workflow_completion_retention_ms: int
+    journal_retention_ms: int
+    inactivity_timeout_ms: int
+    abort_timeout_ms: int
+    enable_lazy_state: bool
+    retry_policy: EffectiveRetryPolicy
+    completion_retention_ms: int
+
+    @property
+    def attempt_timeout_ms(self) -> int:
+        """Longest one request/response attempt may take: inactivity, then abort timeout."""
+        return self.inactivity_timeout_ms + self.abort_timeout_ms
+
+
+def _pick(name: str, layers: tuple[Any, ...]) -> Any:
+    """The first non-None `name` among `layers` (most specific first); None if none sets it."""
+    for layer in layers:
+        value = getattr(layer, name, None) if layer is not None else None
+        if value is not None:
+            return value
+    return None
+
+
+def _retry(layers: tuple[RetryPolicy | None, ...]) -> EffectiveRetryPolicy:
+    values = {f.name: _pick(f.name, (*layers, DEFAULT_RETRY_POLICY)) for f in fields(EffectiveRetryPolicy)}
+    values["exponentiation_factor"] = float(values["exponentiation_factor"])
+    return EffectiveRetryPolicy(**values)
+
+
+def effective_settings(
+    service: ServiceMeta | None, handler: HandlerMeta | None = None, defaults: SettingDefaults = RESTATE_DEFAULTS
+) -> HandlerSettings:
+    """Resolve every overridable setting: handler value, else service value, else `defaults`.
+
+    Retry policies are resolved field by field. With `handler=None` the result is the service's
+    own effective settings (what the admin API shows per service); with `service=None` too, the
+    defaults. Pure; raises nothing.
+    """
+    layers = (handler, service, defaults)
+
+    def ms(name: str) -> int:
+        return int(_pick(name, layers))
+
+    workflow_run = handler is not None and handler.ty is HandlerType.WORKFLOW
+    idempotency_ms, workflow_ms = ms("idempotency_retention_ms"), ms("workflow_completion_retention_ms")
+    return HandlerSettings(
+        idempotency_retention_ms=idempotency_ms,
+        workflow_completion_retention_ms=workflow_ms,
+        journal_retention_ms=ms("journal_retention_ms"),
+        inactivity_timeout_ms=ms("inactivity_timeout_ms"),
+        abort_timeout_ms=ms("abort_timeout_ms"),
+        enable_lazy_state=bool(_pick("enable_lazy_state", layers)),
+        retry_policy=_retry(tuple(None if x is None else x.retry_policy for x in layers)),
+        completion_retention_ms=workflow_ms if workflow_run else idempotency_ms,
+    )
 
 
 # --- Endpoint manifest -> schema (registration time) -------------------------------------------

@@ -15,7 +15,12 @@ Semantics follow the spec's partition behaviour closely enough for HTTP-shape te
 * completed invocations are kept for ``completion_retention_ms`` (0 = forgotten at once) and
   are forgotten once ``expires_ms`` has passed (checked lazily on every lookup, against ``now_ms``);
 * ``attach`` waits for completion; ``get_output`` raises ``InvocationNotReady`` /
-  ``InvocationNotFound``.
+  ``InvocationNotFound``;
+* ``manage`` applies the lifecycle commands as the partitions do: kill and cancel remove a
+  scheduled invocation (callers get 409 ``killed`` / ``cancelled``, nothing is kept); kill
+  completes a started one with 409 ``killed``; cancel of a started one is answered APPENDED and its
+  scripted handler lets the cancellation propagate (409 ``cancelled``); purge forgets a completed
+  one; pause stops a running one until resume starts it again.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ingress.dispatcher import (
+    Command,
+    CommandOutcome,
     HandlerKind,
     InvocationRequest,
     Outcome,
@@ -38,6 +45,8 @@ from ingress.errors import IngressError, InvocationNotFound, InvocationNotReady
 Responder = Callable[[InvocationRequest], "Outcome | bytes | Awaitable[Outcome | bytes]"]
 
 WORKFLOW_ALREADY_INVOKED = "the workflow method was already invoked"
+KILLED = "killed"
+CANCELLED = "cancelled"
 
 
 def echo(req: InvocationRequest) -> bytes:
@@ -53,6 +62,7 @@ class _Entry:
     expires_ms: int | None = None  # set on completion when retained
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None  # auto_fire: starts a scheduled entry when due
+    paused: bool = False  # stopped by `manage(PAUSE)` until `manage(RESUME)`
 
     @property
     def done(self) -> bool:
@@ -127,6 +137,28 @@ class InMemoryDispatcher:
         self._maybe_fail()
         self.signals.append((invocation_id, partition, key, frame))
 
+    async def manage(self, invocation_id: str, partition: int, command: Command) -> CommandOutcome:
+        self._maybe_fail()
+        entry = self._lookup(invocation_id)
+        if entry is None:
+            return CommandOutcome.NOT_FOUND
+        if command in (Command.PURGE, Command.PURGE_JOURNAL):
+            if not entry.done:
+                return CommandOutcome.NOT_COMPLETED
+            if command is Command.PURGE:
+                del self._entries[invocation_id]
+            return CommandOutcome.DONE
+        if entry.done:
+            return CommandOutcome.COMPLETED
+        if command is Command.KILL:
+            self._end(entry, Outcome(invocation_id, failure_code=409, failure_message=KILLED))
+            return CommandOutcome.DONE
+        if command is Command.CANCEL:
+            cancelled = Outcome(invocation_id, failure_code=409, failure_message=CANCELLED)
+            # a started one: the scripted handler lets the cancellation propagate
+            return CommandOutcome.DONE if self._end(entry, cancelled) else CommandOutcome.APPENDED
+        return self._pause(entry) if command is Command.PAUSE else self._resume(entry)
+
     # ---- test controls ------------------------------------------------------------------------
 
     def fire_due(self, now_ms: int | None = None) -> int:
@@ -185,6 +217,45 @@ class InMemoryDispatcher:
             entry.scheduled = False
             self._start(entry)
 
+    def _stop(self, entry: _Entry) -> None:
+        """Stop whatever would run or is running the entry (its start timer, its responder)."""
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        if entry.task is not None and entry.task is not asyncio.current_task():
+            entry.task.cancel()
+        entry.scheduled = False
+
+    def _end(self, entry: _Entry, result: Outcome) -> bool:
+        """Stop the entry and answer its callers with `result`: a never-started one is forgotten
+        (True), a started one completes (kept for its retention). Returns whether it never started."""
+        never_started = entry.scheduled
+        self._stop(entry)
+        if never_started:
+            del self._entries[entry.request.invocation_id]
+            entry.future.set_result(result)
+        else:
+            self._complete(entry, result)
+        return never_started
+
+    def _pause(self, entry: _Entry) -> CommandOutcome:
+        if entry.paused:
+            return CommandOutcome.ALREADY
+        if entry.scheduled:
+            return CommandOutcome.WRONG_STATE
+        self._stop(entry)
+        entry.paused = True
+        return CommandOutcome.DONE
+
+    def _resume(self, entry: _Entry) -> CommandOutcome:
+        if entry.scheduled:
+            return CommandOutcome.WRONG_STATE
+        if not entry.paused:
+            return CommandOutcome.ALREADY
+        entry.paused = False
+        self._start(entry)
+        return CommandOutcome.DONE
+
     def _start(self, entry: _Entry) -> None:
         entry.task = asyncio.get_running_loop().create_task(self._run(entry))
 
@@ -203,6 +274,11 @@ class InMemoryDispatcher:
             result = Outcome(req.invocation_id, value=result)
         elif not result.invocation_id:
             result = Outcome(req.invocation_id, result.value, result.failure_code, result.failure_message)
+        self._complete(entry, result)
+
+    def _complete(self, entry: _Entry, result: Outcome) -> None:
+        """Publish the entry's result; kept for its retention, else forgotten at once."""
+        req = entry.request
         if req.completion_retention_ms > 0:
             entry.expires_ms = self.now_ms() + req.completion_retention_ms
         else:

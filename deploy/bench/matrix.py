@@ -105,7 +105,7 @@ def main() -> int:
             continue
         before = redis_commands(client) if client else 0
         out = subprocess.run(
-            [sys.executable, "-m", "shardgate.cli", "bench", "--url", args.url, "--connections",
+            [sys.executable, "-m", "sgtools.cli", "bench", "--url", args.url, "--connections",
              args.connections, "--duration", args.duration, "--key-prefix", f"bench-{name}-", "--json", *extra],
             capture_output=True, text=True, check=False)
         summary = json.loads(out.stdout)

@@ -21,9 +21,11 @@ from ingress.dispatcher import Dispatcher
 from ingress.errors import BadRequest, InvocationNotFound, InvocationNotReady, MethodNotAllowed
 from ingress.handlers.responses import (
     DEFAULT_OUTPUT_RULE,
+    JsonBodyError,
     OutputRule,
     invocation_failure_response,
     json_response,
+    load_json,
     outcome_response,
 )
 from ingress.handlers.target import Targets
@@ -37,7 +39,7 @@ from ingress.paths import (
     parse_invocation_id,
     restricted_value_error,
 )
-from partition.sharding import partition_of
+from shardgate.sharding import partition_of
 
 NOT_READY = "the invocation exists but has not completed yet"
 INVOCATION_NOT_FOUND = "invocation not found"
@@ -118,12 +120,13 @@ def parse_target_body(body: bytes, what: str = "request") -> InvocationQuery:
     """Decode a `{"target": ...}` body (Restate `InvocationTargetRequest`) into a query.
 
     Unknown fields are ignored; `scope` is validated (`bad scope value: ...`). Raises 400
-    `cannot read body: invalid <what> body: <detail>` for anything malformed.
+    `cannot read body: invalid <what> body: <detail>` for anything malformed, also for bytes that
+    are not UTF-8, a lone surrogate escape and nesting past the decoder's recursion limit.
     """
     prefix = f"cannot read body: invalid {what} body: "
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+        obj = load_json(body)
+    except JsonBodyError as e:
         raise BadRequest(prefix + str(e)) from None
     if not isinstance(obj, dict):
         raise BadRequest(prefix + f"invalid type: {_json_type(obj)}, expected internally tagged enum")

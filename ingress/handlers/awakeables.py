@@ -13,8 +13,8 @@ from aiohttp import web
 from ingress.dispatcher import Dispatcher
 from ingress.errors import BadRequest, MethodNotAllowed
 from ingress.paths import Awakeable
-from partition import protocol
-from partition.sharding import AwakeableIdError, parse_awakeable_id, partition_of
+from shardgate import protocol
+from shardgate.sharding import AwakeableIdError, parse_awakeable_id, partition_of
 
 REJECT_CODE = 500
 

@@ -1,6 +1,7 @@
 """Response builders shared by the handlers and the middleware (Restate `handler/responses.rs`).
 
-Wire formats: error bodies are compact JSON `{"code","message","source"}`; the
+Wire formats: error bodies are compact JSON `{"code","message","source"}` (a terminal invocation
+failure with metadata: `{"code","message","metadata","source"}`, metadata keys sorted); the
 `idempotency-expires` header is RFC 3339 with milliseconds and `+00:00`; a send's
 `executionTime` is RFC 3339 UTC with nine fractional digits and `Z`.
 """
@@ -8,8 +9,11 @@ Wire formats: error bodies are compact JSON `{"code","message","source"}`; the
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +27,12 @@ CONTENT_TYPE = "Content-Type"
 APPLICATION_JSON = "application/json"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class JsonBodyError(ValueError):
+    """A request body that is not a JSON document serde_json would accept; `str()` is the reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,21 @@ class OutputRule:
 
 
 DEFAULT_OUTPUT_RULE = OutputRule()
+
+
+class UntypedResponse(web.Response):
+    """A response sent without any `Content-Type`, also with a body.
+
+    aiohttp labels every non-empty body `application/octet-stream` while preparing the headers;
+    `drop_default_content_type` (an `on_response_prepare` hook of the ingress app) removes it again.
+    Restate sends no content type for the output of a handler whose manifest declares none.
+    """
+
+
+async def drop_default_content_type(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare` hook: strip the content type aiohttp added to an `UntypedResponse`."""
+    if isinstance(response, UntypedResponse):
+        response.headers.popall(CONTENT_TYPE, None)
 
 
 def _utc_fields(ms: int) -> str:
@@ -61,8 +86,50 @@ def format_execution_time(ms: int) -> str:
 
 
 def json_bytes(obj: object) -> bytes:
-    """Compact UTF-8 JSON, as serde_json writes it."""
-    return _dumps(obj).encode()
+    """Compact UTF-8 JSON, as serde_json writes it. A string holding a lone surrogate (request
+    bytes that are not UTF-8, a header name say, may put one into an error message) cannot be
+    UTF-8, so then the whole document is written with `\\u` escapes instead."""
+    text = _dumps(obj)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _dumps_ascii(obj).encode()
+
+
+def load_json(body: bytes) -> Any:
+    """Decode a JSON request body the way serde_json accepts one: strict UTF-8 (no UTF-16/32
+    detection, no surrogates), no lone surrogate in a `\\u` escape, nesting no deeper than the
+    decoder's recursion limit. Raises `JsonBodyError` with the reason."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JsonBodyError(str(e)) from None
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise JsonBodyError("recursion limit exceeded") from None
+    except ValueError as e:
+        raise JsonBodyError(str(e)) from None
+    if "\\u" in text and _has_lone_surrogate(obj):
+        raise JsonBodyError("lone surrogate in a string escape")
+    return obj
+
+
+def _has_lone_surrogate(obj: object) -> bool:
+    """Whether any string (key or value) of a decoded JSON document holds a lone surrogate;
+    iterative, so a deep document cannot exhaust the stack."""
+    stack: list[object] = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def json_response(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -80,12 +147,18 @@ def error_response(
     *,
     code: int | None = None,
     headers: dict[str, str] | None = None,
+    metadata: Iterable[tuple[str, str]] = (),
 ) -> web.Response:
-    """The JSON error shape `{"code","message","source"}` with `x-restate-error-source`."""
+    """The JSON error shape `{"code","message","source"}` with `x-restate-error-source`; non-empty
+    `metadata` becomes a `metadata` object (keys sorted) between `message` and `source`."""
     h = {X_RESTATE_ERROR_SOURCE: source}
     if headers:
         h.update(headers)
-    body = {"code": status if code is None else code, "message": message, "source": source}
+    body: dict[str, object] = {"code": status if code is None else code, "message": message}
+    entries = dict(metadata)
+    if entries:
+        body["metadata"] = dict(sorted(entries.items()))
+    body["source"] = source
     return json_response(body, status, h)
 
 
@@ -101,14 +174,19 @@ def ingress_error_response(err: IngressError) -> web.Response:
 
 
 def invocation_failure_response(
-    invocation_id: str, code: int, message: str, headers: dict[str, str] | None = None
+    invocation_id: str,
+    code: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    metadata: Iterable[tuple[str, str]] = (),
 ) -> web.Response:
-    """A terminal invocation failure: status = code when it is a valid HTTP status, else 500."""
+    """A terminal invocation failure: status = code when it is a valid HTTP status, else 500;
+    the TerminalError's `metadata` (if any) goes into the body."""
     h = {X_RESTATE_ID: invocation_id}
     if headers:
         h.update(headers)
     status = code if 100 <= code <= 999 else 500
-    return error_response(status, message, "invocation", code=code, headers=h)
+    return error_response(status, message, "invocation", code=code, headers=h, metadata=metadata)
 
 
 def outcome_response(outcome: Outcome, invocation_id: str, rule: OutputRule) -> web.Response:
@@ -118,8 +196,10 @@ def outcome_response(outcome: Outcome, invocation_id: str, rule: OutputRule) -> 
     if outcome.expires_ms is not None:
         headers[IDEMPOTENCY_EXPIRES] = format_expires(outcome.expires_ms)
     if outcome.failure_code:
-        return invocation_failure_response(inv, outcome.failure_code, outcome.failure_message, headers)
+        return invocation_failure_response(inv, outcome.failure_code, outcome.failure_message, headers,
+                                           outcome.failure_metadata)
     content_type = rule.content_type_for(outcome.value)
-    if content_type is not None:
-        headers[CONTENT_TYPE] = content_type
+    if content_type is None:
+        return UntypedResponse(status=200, body=outcome.value, headers=headers)
+    headers[CONTENT_TYPE] = content_type
     return web.Response(status=200, body=outcome.value, headers=headers)

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from ingress.dispatcher import HandlerKind
 from ingress.errors import BadRequest, NotFound
 from ingress.handlers.responses import DEFAULT_OUTPUT_RULE, OutputRule
-from shardgate.schema import HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
+from shardgate.schema import (
+    RESTATE_DEFAULTS,
+    HandlerMeta,
+    HandlerType,
+    SchemaSnapshot,
+    ServiceMeta,
+    ServiceType,
+    SettingDefaults,
+    effective_settings,
+)
 
 PRIVATE_SERVICE = "the invoked service is not public"
 _INPUT_ERROR = "input validation error: "
@@ -103,23 +112,8 @@ class Target:
         raise BadRequest(_INPUT_ERROR + error)
 
 
-def _first(*values: int | None) -> int:
-    for v in values:
-        if v is not None:
-            return v
-    return 0
-
-
 def _kind(service_type: ServiceType, handler_type: HandlerType | None) -> HandlerKind:
-    if service_type is ServiceType.SERVICE:
-        return HandlerKind.SERVICE
-    if handler_type is HandlerType.WORKFLOW:
-        return HandlerKind.WORKFLOW
-    if handler_type is HandlerType.SHARED:
-        return HandlerKind.SHARED
-    if handler_type is HandlerType.EXCLUSIVE:
-        return HandlerKind.EXCLUSIVE
-    return HandlerKind.EXCLUSIVE if service_type is ServiceType.VIRTUAL_OBJECT else HandlerKind.SHARED
+    return HandlerKind.of_target(service_type, handler_type)
 
 
 class Targets:
@@ -128,13 +122,10 @@ class Targets:
     def __init__(
         self,
         schema: Callable[[], SchemaSnapshot],
-        *,
-        idempotency_retention_ms: int,
-        workflow_retention_ms: int,
-        journal_retention_ms: int,
+        defaults: SettingDefaults = RESTATE_DEFAULTS,
     ) -> None:
         self._schema = schema
-        self._defaults = (idempotency_retention_ms, workflow_retention_ms, journal_retention_ms)
+        self._defaults = defaults
         self._snapshot: SchemaSnapshot | None = None
         self._cache: dict[tuple[str, str], Target] = {}
 
@@ -183,22 +174,15 @@ class Targets:
         return OutputRule(handler_meta.output_content_type, handler_meta.output_set_content_type_if_empty)
 
     def _build(self, svc: ServiceMeta, h: HandlerMeta) -> Target:
-        default_idem, default_wf, default_journal = self._defaults
-        workflow_run = svc.ty is ServiceType.WORKFLOW and h.ty is HandlerType.WORKFLOW
-        if workflow_run:
-            completion = _first(
-                h.workflow_completion_retention_ms, svc.workflow_completion_retention_ms, default_wf
-            )
-        else:
-            completion = _first(h.idempotency_retention_ms, svc.idempotency_retention_ms, default_idem)
-        journal = _first(h.journal_retention_ms, svc.journal_retention_ms, default_journal)
+        settings = effective_settings(svc, h, self._defaults)
+        completion, journal = settings.completion_retention_ms, settings.journal_retention_ms
         return Target(
             service=svc.name,
             handler=h.name,
             service_type=svc.ty,
             kind=_kind(svc.ty, h.ty),
             public=svc.public and h.public,
-            workflow_run=workflow_run,
+            workflow_run=svc.ty is ServiceType.WORKFLOW and h.ty is HandlerType.WORKFLOW,
             idempotent_by_default=svc.ty is not ServiceType.WORKFLOW,
             input_rules=input_rules(h),
             output=OutputRule(h.output_content_type, h.output_set_content_type_if_empty),

@@ -1,6 +1,12 @@
--- _prelude: helpers prepended to every script by scripts.py (not a transition of its own).
--- They build the few protobuf encodings a transition must produce itself: notification frames
--- and the outbox entries that carry them to another partition.
+-- _prelude: helpers every composed transition gets, right after the constants scripts.py
+-- generates from the Python definitions (ST_*, F_*, KIND_*, OP_*, reply codes, MT_* message
+-- types, NOTE_PREFIX, PB_VOID ...). In every transition KEYS[1] is the partition's lease and
+-- ARGV[1] the caller's fence token.
+
+-- True when the caller no longer holds the lease: a transition then writes nothing.
+local function fenced()
+  return redis.call('GET', KEYS[1]) ~= ARGV[1]
+end
 
 local function pb_varint(n)
   n = tonumber(n)
@@ -12,42 +18,16 @@ local function pb_varint(n)
   return s .. string.char(n)
 end
 
--- The encoded `result` field of a notification: 5 = Value{content} on success, 6 = Failure.
-local function pb_result(rc, rm, rv)
-  if tonumber(rc) == 0 then
-    local inner = ''
-    if rv ~= '' then
-      inner = '\10' .. pb_varint(#rv) .. rv
-    end
-    return '\42' .. pb_varint(#inner) .. inner
-  end
-  local inner = '\8' .. pb_varint(rc)
-  if rm ~= '' then
-    inner = inner .. '\18' .. pb_varint(#rm) .. rm
-  end
-  return '\50' .. pb_varint(#inner) .. inner
-end
-
--- A framed notification {1: completion_id, result}.
-local function pb_completion(msg_type, cid, result)
-  local payload = '\8' .. pb_varint(cid) .. result
+-- A framed notification {1: completion_id, result}. `result_field` is a NotificationTemplate
+-- result field encoded by Python (invocation.Result.encode, PB_VOID): Lua only adds the
+-- completion id (tag 1, varint) and the frame header.
+local function completion_frame(msg_type, cid, result_field)
+  local payload = '\8' .. pb_varint(cid) .. result_field
   return struct.pack('>HHI4', msg_type, 0, #payload) .. payload
 end
 
--- An outbox entry that appends `frame` (dedup key `key`) to invocation `inv` on partition `p`.
+-- An outbox entry appending `frame` (dedup key `key`) to invocation `inv` on partition `p`
+-- (the layout of outbox_codec.encode_outbox_notify).
 local function outbox_notify(p, inv, key, frame)
-  return 'N\0' .. p .. '\0' .. inv .. '\0' .. key .. '\0' .. frame
+  return OUTBOX_NOTIFY .. '\0' .. p .. '\0' .. inv .. '\0' .. key .. '\0' .. frame
 end
-
--- Queue the call result (rc, rm, rv) for every waiting parent in `pars` ("id|partition|cid,...").
-local function notify_parents(outbox_key, pars, rc, rm, rv)
-  local n = 0
-  local result = nil
-  for pid, pp, cid in string.gmatch(pars or '', '([^|,]+)|(%d+)|(%d+),') do
-    result = result or pb_result(rc, rm, rv)
-    redis.call('RPUSH', outbox_key, outbox_notify(pp, pid, 'c' .. cid, pb_completion(0x800D, cid, result)))
-    n = n + 1
-  end
-  return n
-end
-

@@ -25,8 +25,9 @@ from ingress.dispatcher import Dispatcher, HandlerKind, InvocationRequest, Outco
 from ingress.grpc_dispatcher import GrpcDispatcher
 from partition import keys
 from partition.leases import rendezvous_winner
-from partition.sharding import idempotent_invocation_id, partition_of
-from shardgate.dev import ClusterSpec, DevCluster
+from sgtools.dev import ClusterSpec, DevCluster
+from shardgate.routing import read_routes
+from shardgate.sharding import idempotent_invocation_id, partition_of
 from tests.fakes import InMemoryDispatcher
 
 try:  # the routing table moved from the ingress to shardgate (shared with the workers)
@@ -100,13 +101,13 @@ async def _settled(redis: Redis, cluster: DevCluster) -> bool:
     workers = cluster.workers
     live = [w.worker_id for w in workers]
     by_port = {w.grpc_port: w.worker_id for w in workers}
-    routes = await redis.hgetall(keys.ROUTES)
+    routes = await read_routes(redis, PARTITIONS)
     leases = await redis.mget([keys.lease(p) for p in range(PARTITIONS)])
     for p in range(PARTITIONS):
-        raw = routes.get(str(p).encode())
+        raw = routes[p]
         if raw is None or leases[p] is None:
             return False
-        address, token = raw.decode().split("|", 1)
+        address, token = raw.split("|", 1)
         if token != leases[p].decode():
             return False
         if by_port.get(int(address.rsplit(":", 1)[1])) != rendezvous_winner(live, p):

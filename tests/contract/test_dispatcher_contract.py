@@ -6,7 +6,10 @@ restate-sdk deployment. A test that passes for one and fails for the other means
 longer describes the system, so HTTP-level tests built on the fake would be testing fiction.
 
 Only behaviour the real system implements is covered: no durable sleep, ctx.run, promises or
-awakeables (Greeter.slow_asyncio keeps an invocation running with a plain asyncio.sleep).
+awakeables (Greeter.slow_asyncio keeps an invocation running with a plain asyncio.sleep). The
+lifecycle commands are covered where the fake and the system agree without a handler's help: kill,
+cancel of a never-started invocation, purge, pause / resume (cancel of a running handler is in
+tests/e2e/test_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -17,9 +20,17 @@ import uuid
 
 import pytest
 
-from ingress.dispatcher import Dispatcher, HandlerKind, InvocationRequest, Outcome, SendStatus
+from ingress.dispatcher import (
+    Command,
+    CommandOutcome,
+    Dispatcher,
+    HandlerKind,
+    InvocationRequest,
+    Outcome,
+    SendStatus,
+)
 from ingress.errors import InvocationNotFound, InvocationNotReady
-from partition.sharding import (
+from shardgate.sharding import (
     InvocationId,
     idempotent_invocation_id,
     new_invocation_id,
@@ -248,3 +259,64 @@ async def test_workflow_run_twice_is_rejected(dispatcher: Dispatcher) -> None:
     assert (await dispatcher.send(req)).status is SendStatus.PREVIOUSLY_ACCEPTED
     with pytest.raises(InvocationNotReady):  # the run waits on a promise: still running
         await dispatcher.get_output(req.invocation_id, req.partition)
+
+
+# ---- lifecycle commands -------------------------------------------------------------------------
+
+KILLED = (409, "killed")
+CANCELLED = (409, "cancelled")
+
+
+async def test_kill_answers_attached_callers_and_keeps_the_killed_result(dispatcher: Dispatcher) -> None:
+    req = greeter("slow_asyncio", b"30")
+    await dispatcher.send(req)
+    attached = asyncio.ensure_future(dispatcher.attach(req.invocation_id, req.partition))
+    await asyncio.sleep(0)  # let the attach reach its partition before the kill
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.KILL) is CommandOutcome.DONE
+    out = await asyncio.wait_for(attached, DEADLINE_S)
+    assert (out.invocation_id, out.failure_code, out.failure_message) == (req.invocation_id, *KILLED)
+    stored = await dispatcher.get_output(req.invocation_id, req.partition)
+    assert (stored.failure_code, stored.failure_message) == KILLED
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.KILL) is CommandOutcome.COMPLETED
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.CANCEL) is CommandOutcome.COMPLETED
+
+
+async def test_cancel_of_a_scheduled_invocation_removes_it(dispatcher: Dispatcher) -> None:
+    req = greeter("greet", b'"never"', execution_time_ms=time.time_ns() // 1_000_000 + 60_000)
+    await dispatcher.send(req)
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.CANCEL) is CommandOutcome.DONE
+    with pytest.raises(InvocationNotFound):
+        await dispatcher.get_output(req.invocation_id, req.partition)
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.CANCEL) is CommandOutcome.NOT_FOUND
+
+
+async def test_purge_only_after_completion_then_the_id_runs_again(dispatcher: Dispatcher) -> None:
+    running = greeter("slow_asyncio", b"30")
+    await dispatcher.send(running)
+    assert await dispatcher.manage(running.invocation_id, running.partition,
+                                   Command.PURGE) is CommandOutcome.NOT_COMPLETED
+    await dispatcher.manage(running.invocation_id, running.partition, Command.KILL)
+    req = greeter("greet", b'"Gus"')
+    assert (await dispatcher.call(req)).value == b'"Hello, Gus!"'
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.PURGE) is CommandOutcome.DONE
+    with pytest.raises(InvocationNotFound):
+        await dispatcher.get_output(req.invocation_id, req.partition)
+    assert (await dispatcher.send(req)).status is SendStatus.ACCEPTED  # the id is free again
+    assert (await wait_output(dispatcher, req)).value == b'"Hello, Gus!"'
+
+
+async def test_every_command_on_an_unknown_invocation_is_not_found(dispatcher: Dispatcher) -> None:
+    partition = partition_of(InvocationId.parse(UNKNOWN_ID).partition_key, PARTITIONS)
+    for command in Command:
+        assert await dispatcher.manage(UNKNOWN_ID, partition, command) is CommandOutcome.NOT_FOUND
+
+
+async def test_pause_then_resume_a_running_invocation(dispatcher: Dispatcher) -> None:
+    req = greeter("slow_asyncio", b"1")
+    await dispatcher.send(req)
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.PAUSE) is CommandOutcome.DONE
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.PAUSE) is CommandOutcome.ALREADY
+    with pytest.raises(InvocationNotReady):
+        await dispatcher.get_output(req.invocation_id, req.partition)
+    assert await dispatcher.manage(req.invocation_id, req.partition, Command.RESUME) is CommandOutcome.DONE
+    assert (await wait_output(dispatcher, req)).value == b'"slow_asyncio done after 1s"'

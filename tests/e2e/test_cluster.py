@@ -1,4 +1,4 @@
-"""End-to-end tests of a real multi-process cluster (`shardgate.dev.DevCluster`).
+"""End-to-end tests of a real multi-process cluster (`sgtools.dev.DevCluster`).
 
 Redis + 2 partition workers + 1 ingress, 8 partitions, a short lease (2 s TTL, 300 ms heartbeat),
 and the real restate-sdk conformance deployment (`sdk_deployment`). One cluster per module serves
@@ -28,9 +28,9 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from partition import keys
-from partition.sharding import idempotent_invocation_id, partition_key_for_key, partition_of
+from sgtools.dev import ClusterSpec, DevCluster
 from shardgate.cluster import CLUSTER_KEY
-from shardgate.dev import ClusterSpec, DevCluster
+from shardgate.sharding import idempotent_invocation_id, partition_key_for_key, partition_of
 from tests.clusters import partition_owners, poll
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -218,14 +218,15 @@ async def test_per_key_arrival_order(shared: Env) -> None:
 # ---- e. a worker with another partition count is refused ------------------------------------------
 
 
-@pytest.mark.timeout(60)
-async def test_restart_with_other_partition_count_is_refused(shared: Env) -> None:
+async def run_refused_worker(shared: Env, worker_id: str, partitions: int) -> tuple[int | None, str]:
+    """Start one more worker process against the cluster's Redis and wait for it to exit (it is
+    expected to refuse to start); its exit code and output."""
     env = dict(os.environ)
     env.update({
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
         "SHARDGATE_REDIS_URL": shared.cluster.redis_url,
-        "SHARDGATE_PARTITIONS": "16",
-        "SHARDGATE_WORKER_ID": "intruder",
+        "SHARDGATE_PARTITIONS": str(partitions),
+        "SHARDGATE_WORKER_ID": worker_id,
         "SHARDGATE_GRPC_PORT": "0",
         "SHARDGATE_METRICS_PORT": "0",
         "SHARDGATE_LEASE_TTL_MS": str(LEASE_TTL_MS),
@@ -241,12 +242,34 @@ async def test_restart_with_other_partition_count_is_refused(shared: Env) -> Non
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    text = out.decode(errors="replace")
-    assert proc.returncode not in (0, None), text
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.timeout(60)
+async def test_restart_with_other_partition_count_is_refused(shared: Env) -> None:
+    code, text = await run_refused_worker(shared, "intruder", 16)
+    assert code not in (0, None), text
     assert "8 partitions" in text and "16" in text, text
     # The refused process changed nothing: the cluster still has P=8 and still serves.
     assert await shared.redis.hget(CLUSTER_KEY, "partitions") == b"8"
     assert b"intruder" not in await shared.redis.hkeys(keys.MEMBERS)
+    assert await shared.post("/restate/call/Greeter/greet", "still") == (200, "Hello, still!")
+
+
+@pytest.mark.timeout(60)
+async def test_a_second_process_with_a_worker_id_in_use_is_refused(shared: Env) -> None:
+    """A copied SHARDGATE_WORKER_ID: the newcomer exits 3 saying so, and the live worker keeps its
+    membership entry and its partitions (no lease ping-pong)."""
+    taken = shared.cluster.workers[0].name
+    before = await shared.redis.hget(keys.MEMBERS, taken)
+    owned_before = await partition_owners(shared.cluster, shared.redis, PARTITIONS)
+    code, text = await run_refused_worker(shared, taken, PARTITIONS)
+    assert code == 3, text
+    assert f"worker id '{taken}' is in use by another live process" in text, text
+    after = await shared.redis.hget(keys.MEMBERS, taken)
+    assert before is not None and after is not None
+    assert after.split(b"|")[:2] == before.split(b"|")[:2]  # same address, same instance
+    assert await partition_owners(shared.cluster, shared.redis, PARTITIONS) == owned_before
     assert await shared.post("/restate/call/Greeter/greet", "still") == (200, "Hello, still!")
 
 
@@ -347,11 +370,9 @@ async def test_call_in_flight_on_dead_worker_returns_result(tmp_path: Path, sdk_
 async def test_duplicate_send_during_failover_is_previously_accepted(tmp_path: Path, sdk_deployment: str) -> None:
     """A repeated idempotent send is PreviouslyAccepted, also while its partition changes owner.
 
-    Known failure (source bug): `GrpcDispatcher.send` (ingress/grpc_dispatcher.py) turns every
-    PREVIOUSLY_ACCEPTED into ACCEPTED once it has re-sent the request (`retried`), even when the
-    earlier try provably never reached a worker (connection refused / NOT_LEADER), so a genuine
-    duplicate sent during the lease-TTL window after a crash is told it created the invocation.
-    """
+    Each send carries its own request nonce, so only a re-send of the very request that may have
+    been accepted is told Accepted. The send after the kill may meet the dead owner's stream as it
+    breaks (grpc.aio can report that INTERNAL): it is re-routed, never answered 503."""
     async with running_cluster(tmp_path / "data", sdk_deployment) as env:
         ik, _ = idempotency_key_on(await _partition_of_worker(env, 0), "Greeter", "slow_asyncio")
         path, headers = "/restate/send/Greeter/slow_asyncio", {"idempotency-key": ik}
@@ -366,8 +387,7 @@ async def test_duplicate_send_during_failover_is_previously_accepted(tmp_path: P
                                                "status": "PreviouslyAccepted"}), after
         assert status == 202 and during["invocationId"] == first["invocationId"], during
         assert during["status"] == "PreviouslyAccepted", (
-            "SOURCE BUG (ingress/grpc_dispatcher.py, GrpcDispatcher.send: `... and not retried`): a "
-            "duplicate idempotent send issued while the partition fails over is answered "
+            "a duplicate idempotent send issued while the partition fails over is answered "
             f"{during['status']!r} although the invocation {first['invocationId']} was accepted before "
             "the owner died; only a re-send of a request that may itself have been accepted should "
             "be reported as Accepted")

@@ -37,7 +37,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from shardgate.dev import ClusterSpec, DevCluster
+from sgtools.dev import ClusterSpec, DevCluster
 from tests.clusters import poll, unique
 from tests.deployments import serve_sdk_app
 from tests.services.durable_service import COUNTER_DIR_ENV, read_counter

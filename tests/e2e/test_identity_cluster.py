@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from partition.identity import RequestSigner
-from shardgate.dev import ClusterSpec, DevCluster
+from sgtools.dev import ClusterSpec, DevCluster
+from shardgate.identity import RequestSigner
 from tests.deployments import serve_sdk_app
 
 pytestmark = pytest.mark.timeout(90)

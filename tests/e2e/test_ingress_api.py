@@ -1,7 +1,7 @@
 """HTTP-shape tests of the ingress API (conformance groups A, B, C, D, E, G, H) over aiohttp.
 
 The app from `build_ingress_app` runs against `tests.fakes.InMemoryDispatcher`; `FakeServices`
-scripts it to behave like the conformance deployment (`/work/shared/conformance/service.py`),
+scripts it to behave like the conformance deployment (`tests/services/conformance_service.py`),
 and `SCHEMA` mirrors what restate-sdk 1.2.0 registers for it.
 """
 
@@ -24,14 +24,14 @@ from yarl import URL
 from ingress.api import IngressApiSettings, build_ingress_app
 from ingress.dispatcher import HandlerKind, InvocationRequest, Outcome
 from ingress.errors import PartitionUnavailable
-from partition.sharding import (
+from shardgate.schema import HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
+from shardgate.sharding import (
     InvocationId,
     idempotent_invocation_id,
     partition_key_for_key,
     partition_of,
     workflow_invocation_id,
 )
-from shardgate.schema import HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
 from tests.fakes import InMemoryDispatcher
 
 INV_ID_RE = re.compile(r"^inv_1[0-9A-Za-z]{33}$")
@@ -916,9 +916,14 @@ async def test_terminal_errors(env: Env) -> None:
     }
 
 
+async def test_with_scopes_off_a_scoped_request_gets_restates_400() -> None:
+    async with make_env(scopes_enabled=False) as env:
+        r = await env.req("POST", "/restate/scope/abc/call/Greeter/greet", json_body="x")
+        await error(r, 400, "scoped invocations require vqueues to be enabled", has_id=False)
+        assert env.dispatcher.requests == []
+
+
 async def test_scope_and_limit_key(env: Env) -> None:
-    r = await env.req("POST", "/restate/scope/abc/call/Greeter/greet", json_body="x")
-    await error(r, 400, "scoped invocations require vqueues to be enabled", has_id=False)
     r = await env.req("POST", "/restate/scope/bad%20scope!/call/Greeter/greet", json_body="x")
     await error(r, 400, "bad scope value: value contains characters outside the allowed set [a-zA-Z0-9_.-]")
     r = await env.req("POST", "/restate/scope/abc/call/NoSuch/greet", json_body="x")
@@ -1007,6 +1012,24 @@ async def test_dispatcher_errors_and_unexpected_exceptions(env: Env) -> None:
     await error(r, 500, "internal error")
 
 
+async def test_a_503_names_the_invocation_the_call_may_have_started(env: Env) -> None:
+    def fail_next() -> None:
+        env.dispatcher.fail_with = PartitionUnavailable(
+            "internal routing error: unavailable. The request may be retried safely.")
+
+    fail_next()
+    r = await env.call("Greeter/greet", "x")  # the ingress made up its idempotency key
+    first = await error(r, 503, re.compile(r"^internal routing error: unavailable\. The invocation may have "
+                                           r"been accepted: attach to it by its id \(x-restate-id\)\.$"))
+    assert first is not None and first.startswith("inv_")
+    fail_next()
+    r = await env.call("Greeter/greet", "x", headers={"idempotency-key": "k1"})
+    keyed = await error(r, 503, "internal routing error: unavailable. The request may be retried safely.")
+    fail_next()
+    r = await env.call("Greeter/greet", "x", headers={"idempotency-key": "k1"})
+    assert keyed is not None and await error(r, 503, re.compile("retried safely")) == keyed != first
+
+
 async def test_metrics_hook(env: Env) -> None:
     await ok(await env.call("Greeter/greet", "x"))
     await accepted(await env.send("Greeter/greet", "x"))
@@ -1024,8 +1047,8 @@ async def test_metrics_hook(env: Env) -> None:
 # ---- awakeables --------------------------------------------------------------------------------
 
 async def test_awakeable_resolve_appends_a_signal_and_answers_202(env: Env) -> None:
-    from partition import protocol
-    from partition.sharding import InvocationId, awakeable_id, partition_of
+    from shardgate import protocol
+    from shardgate.sharding import InvocationId, awakeable_id, partition_of
 
     target = InvocationId(0x1234 << 40, 0x42)
     awk = awakeable_id(target, 17)

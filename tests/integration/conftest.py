@@ -7,11 +7,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
+import redis as redis_py
+from redis.asyncio import Redis
+
+from partition import keys
+from partition.scripts import Scripts
 
 STARTUP_TIMEOUT_S = 10.0
 
@@ -24,7 +28,7 @@ def _free_port() -> int:
 
 def _redis_server_binary() -> str:
     try:
-        from shardgate.redis_bin import find_redis_server  # shared lookup, if present
+        from sgtools.redis_bin import find_redis_server  # shared lookup, if present
     except ImportError:
         pass
     else:
@@ -49,14 +53,14 @@ def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=1)
+    client = redis_py.Redis.from_url(url, socket_timeout=1)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     try:
         while True:
             try:
                 client.ping()
                 break
-            except redis.exceptions.ConnectionError:
+            except redis_py.exceptions.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start, see {workdir / 'redis.log'}") from None
                 time.sleep(0.02)
@@ -75,9 +79,31 @@ def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def redis_url(_redis_server: str) -> str:
     """URL of the session's redis-server, flushed before each test that uses it."""
-    client = redis.Redis.from_url(_redis_server, socket_timeout=5)
+    client = redis_py.Redis.from_url(_redis_server, socket_timeout=5)
     try:
         client.flushall()
     finally:
         client.close()
     return _redis_server
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """An asyncio client of the session's redis-server, flushed for this test (by `redis_url`)."""
+    client = Redis.from_url(redis_url, socket_timeout=5)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def scripts(redis: Redis) -> Scripts:
+    """The partition transitions over this test's Redis client."""
+    return Scripts(redis)
+
+
+async def lease_token(scripts: Scripts, partition: int, worker: str = "w1", ttl_ms: int = 5000) -> str:
+    """Acquire `partition`'s lease for `worker`; its fence token."""
+    raw = await scripts.lease_acquire(keys=[keys.lease(partition), keys.epoch(partition), keys.route(partition)],
+                                      args=[worker, ttl_ms, "127.0.0.1:1"])
+    assert raw is not None
+    return str(raw.decode())

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from partition.identity import JWT_HEADER, SIGNATURE_SCHEME_HEADER, RequestSigner
-from partition.protocol import content_type, decode_frames, input_command, parse_message, start_message
+from shardgate.identity import JWT_HEADER, SIGNATURE_SCHEME_HEADER, RequestSigner
+from shardgate.protocol import content_type, decode_frames, input_command, parse_message, start_message
 from tests.deployments import serve_sdk_app
-from tests.shared import vector_path
+from tests.testdata import vector_path
 
 VECTOR = json.loads(vector_path("k_request_identity.json").read_text())
 INVOKE_PATH = "/invoke/Greeter/greet"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -36,7 +35,7 @@ from shardgate.schema import (
     snapshot_from_json,
     snapshot_to_json,
 )
-from tests.shared import vector_path
+from tests.testdata import vector_path
 
 VECTOR = vector_path("manifest_http1.json")
 
@@ -54,13 +53,6 @@ def deployment(uri: str, m: dict[str, Any]) -> tuple[Deployment, list[Any]]:
     dep_id = new_deployment_id()
     return (Deployment(id=dep_id, uri=uri, protocol_mode="REQUEST_RESPONSE", min_protocol_version=5,
                        max_protocol_version=7), services_from_manifest(m, dep_id, {}))
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, socket_timeout=5)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 # ruff: noqa
-# Verbatim copy of /work/shared/conformance/service.py (test data); keep in sync, do not restyle.
+# Verbatim copy of the conformance suite's service.py (test data); keep in sync, do not restyle.
 """Test deployment for the conformance suite (same services as the reference measurements).
 
 Served with:  hypercorn service:app --bind 127.0.0.1:9080

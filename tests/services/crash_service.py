@@ -11,6 +11,9 @@ service (`<DURABLE_COUNTER_DIR>/<name>.count`): they count how often a side effe
 
 Services
   Crash (Service)
+      bump_then_hold(req)  req = {"name", "hold_ms"}: bumps counter `name` OUTSIDE any ctx.run (a call to
+                           an external system the journal does not record), then holds the attempt
+                           `hold_ms`; returns the count. Re-running the attempt bumps it again.
       run_then_hold(req)   req = {"name", "hold_ms"}: ctx.run bumps counter `name`, then the attempt
                            sleeps `hold_ms` in asyncio (every attempt that gets this far does); returns
                            the count the run journaled.
@@ -52,6 +55,13 @@ crash = restate.Service("Crash")
 async def run_then_hold(ctx: Context, req: dict) -> int:
     count = await ctx.run_typed("bump", bump_counter, RunOptions(type_hint=int), name=req["name"])
     await asyncio.sleep(req["hold_ms"] / 1000)  # not durable: keeps this attempt in flight
+    return count
+
+
+@crash.handler()
+async def bump_then_hold(ctx: Context, req: dict) -> int:
+    count = bump_counter(req["name"])  # not journaled: runs again in every attempt
+    await asyncio.sleep(req["hold_ms"] / 1000)
     return count
 
 

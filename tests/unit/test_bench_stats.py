@@ -1,4 +1,4 @@
-"""shardgate.bench: percentiles, summaries, request planning and one bounded run on loopback."""
+"""sgtools.bench: percentiles, summaries, request planning and one bounded run on loopback."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from shardgate.bench import (
+from sgtools.bench import (
     BenchConfig,
     BenchError,
     Recorder,

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from partition.identity import (
+from shardgate.identity import (
     EXPIRATION_LEEWAY_S,
     JWT_HEADER,
     REUSE_S,
@@ -20,7 +20,7 @@ from partition.identity import (
     RequestSigner,
     base58_encode,
 )
-from tests.shared import vector_path
+from tests.testdata import vector_path
 
 VECTOR = json.loads(vector_path("k_request_identity.json").read_text())
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"

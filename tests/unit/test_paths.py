@@ -28,8 +28,8 @@ from ingress.paths import (
     restricted_value_error,
     split_target,
 )
-from partition.sharding import InvocationId, idempotent_invocation_id, workflow_invocation_id
 from shardgate.schema import ServiceType
+from shardgate.sharding import InvocationId, idempotent_invocation_id, workflow_invocation_id
 
 TYPES = {
     "Greeter": ServiceType.SERVICE,

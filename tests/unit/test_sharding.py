@@ -1,4 +1,4 @@
-"""Unit tests for partition.sharding: Restate-compatible ids, partition keys and ranges."""
+"""Unit tests for shardgate.sharding: Restate-compatible ids, partition keys and ranges."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 import xxhash
 
-from partition.sharding import (
+from shardgate.sharding import (
     INVOCATION_ID_PREFIX,
     PARTITION_KEY_BUCKETS,
     InvocationId,

@@ -27,9 +27,25 @@ from typing import Any
 import pytest
 
 from partition import effects
-from partition.effects import AttemptPlan, PlanContext, PlanError, count_commands, decode_outbox, plan_attempt
+from partition.effects import AttemptPlan, PlanContext, PlanError, count_commands, plan_attempt
+from partition.invocation import VOID_FIELD, HandlerKind, Result, named_signal_key
 from partition.invoker import AttemptInput, Invoker, random_seed
-from partition.protocol import (
+from partition.outbox_codec import decode_outbox
+from partition.transition import (
+    AddTimer,
+    ClearAllState,
+    ClearState,
+    CompletePromise,
+    GetPromise,
+    JournalEntry,
+    NotificationEntry,
+    Op,
+    OutboxEntry,
+    SetState,
+)
+from sgproto.partition.v1 import partition_service_pb2 as spb
+from sgproto.protocol.v1 import protocol_pb2 as pb
+from shardgate.protocol import (
     Frame,
     decode_frames,
     encode_frame,
@@ -39,25 +55,31 @@ from partition.protocol import (
     notification,
     parse_message,
 )
-from partition.protocol import MessageType as T
-from partition.sharding import (
+from shardgate.protocol import MessageType as T
+from shardgate.schema import (
+    DAY_MS,
+    Deployment,
+    HandlerMeta,
+    HandlerType,
+    SchemaSnapshot,
+    ServiceMeta,
+    ServiceType,
+)
+from shardgate.sharding import (
     InvocationId,
     awakeable_id,
     child_invocation_id,
     parse_awakeable_id,
     partition_of,
 )
-from sgproto.partition.v1 import partition_service_pb2 as spb
-from sgproto.protocol.v1 import protocol_pb2 as pb
-from shardgate.schema import Deployment, HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
-from tests import shared
+from tests import testdata
 
 # ---- vectors -------------------------------------------------------------------------------------
 
 
-VECTORS_DIR = shared.VECTORS_DIR
+VECTORS_DIR = testdata.VECTORS_DIR
 if not VECTORS_DIR.is_dir():  # test data the suite depends on: a missing copy is an error, not a skip
-    raise RuntimeError(f"no protocol vectors in {VECTORS_DIR}; set SHARDGATE_SHARED_DIR to the shared/ folder")
+    raise RuntimeError(f"no protocol vectors in {VECTORS_DIR}: restore tests/data/vectors (git) or re-capture them with `make vectors`")
 
 
 def _split(data: bytes) -> list[tuple[Frame, bytes]]:
@@ -219,7 +241,7 @@ def context(v: Vector, *, state: dict[bytes, bytes] | None = None, commands_befo
     inv = InvocationId.parse(invocation_id) if invocation_id else v.inv
     return PlanContext(
         invocation_id=str(inv), partition=partition_of(inv.partition_key, PARTITIONS), partitions=PARTITIONS,
-        kind=sc.kind, service=sc.service, key=v.start.key if sc.kind != "service" else None,
+        kind=HandlerKind(sc.kind), service=sc.service, key=v.start.key if sc.kind != "service" else None,
         state=dict(v.state_map if state is None else state),
         commands_before=v.commands_before() if commands_before is None else commands_before,
         now_ms=now_ms, schema=SCHEMA,
@@ -231,47 +253,40 @@ def plan_of(v: Vector, **kw: Any) -> tuple[AttemptPlan, PlanContext]:
     return plan_attempt(v.response_frames, ctx), ctx
 
 
-# ---- ops -----------------------------------------------------------------------------------------
-
-# apply.lua: J frame | N key frame | S key value | C key | A | T due member | O msg | PG/PP name cid
-#            | PC name cid result already_failure
-_WIDTH = {"J": 2, "N": 3, "S": 3, "C": 2, "A": 1, "T": 3, "O": 2, "PG": 3, "PP": 3, "PC": 5}
-
-
-def ops_of(plan: AttemptPlan) -> list[tuple[Any, ...]]:
-    out, i, ops = [], 0, plan.ops
-    while i < len(ops):
-        w = _WIDTH[ops[i]]
-        out.append(tuple(ops[i:i + w]))
-        i += w
-    assert i == len(ops), f"truncated op list {ops!r}"
-    return out
+# ---- ops (partition.invocation's typed op union) -------------------------------------------------
 
 
 def outbox_of(plan: AttemptPlan) -> list[spb.OutboxMessage]:
-    return [decode_outbox(op[1]) for op in ops_of(plan) if op[0] == "O"]
+    return [decode_outbox(op.message) for op in plan.ops if isinstance(op, OutboxEntry)]
+
+
+def the_outbox_op(plan: AttemptPlan) -> spb.OutboxMessage:
+    """The plan's only op, an outbox message, decoded."""
+    [op] = plan.ops
+    assert isinstance(op, OutboxEntry)
+    return decode_outbox(op.message)
 
 
 def assert_end(plan: AttemptPlan, result: tuple[int, str, bytes]) -> None:
     assert plan.terminal == "END"
-    assert plan.result == result
+    assert plan.result == Result(*result)
     assert plan.awaiting == ""
     # the journal is deleted at completion: nothing is shipped for it
-    assert not [op for op in ops_of(plan) if op[0] in ("J", "N")]
+    assert not [op for op in plan.ops if isinstance(op, (JournalEntry, NotificationEntry))]
 
 
-def output_result(v: Vector) -> tuple[int, str, bytes]:
+def output_result(v: Vector) -> Result:
     """The result exactly as the vector's OutputCommand carries it."""
     out = v.message("response", T.OUTPUT_COMMAND)
     if out.HasField("failure"):
-        return (out.failure.code, out.failure.message, b"")
+        return Result(out.failure.code, out.failure.message)
     assert out.HasField("value")
-    return (0, "", out.value.content)
+    return Result(0, "", out.value.content)
 
 
 # ---- what apply.lua / notify.lua keep (a model, to rebuild the next request) ---------------------
 
-LUA_VOID = b"\x22\x00"  # apply.lua VOID: NotificationTemplate.void, empty
+LUA_VOID = VOID_FIELD  # the generated PB_VOID: NotificationTemplate.void, empty
 
 
 def _varint(n: int) -> bytes:
@@ -283,17 +298,13 @@ def _varint(n: int) -> bytes:
 
 
 def lua_pb_completion(msg_type: int, cid: str | int, result: bytes) -> bytes:
-    """`_prelude.lua` pb_completion: a framed notification {1: completion_id, result}."""
+    """`_prelude.lua` completion_frame: a framed notification {1: completion_id, result field}."""
     return encode_frame(msg_type, b"\x08" + _varint(int(cid)) + result)
 
 
 def lua_pb_result(rc: int, rm: str, rv: bytes) -> bytes:
-    """`_prelude.lua` pb_result: the result field of a CallCompletion for a callee's (rc, rm, rv)."""
-    if rc == 0:
-        inner = b"\x0a" + _varint(len(rv)) + rv if rv else b""
-        return b"\x2a" + _varint(len(inner)) + inner
-    inner = b"\x08" + _varint(rc) + (b"\x12" + _varint(len(rm.encode())) + rm.encode() if rm else b"")
-    return b"\x32" + _varint(len(inner)) + inner
+    """The result field apply.lua wraps for a callee's waiting parents (encoded in Python)."""
+    return Result(rc, rm, rv).encode()
 
 
 class Promises:
@@ -349,45 +360,8 @@ class Stored:
     def apply(self, plan: AttemptPlan) -> str:
         """apply.lua for one plan; returns RESUME | SUSPENDED | BACKOFF | OK."""
         assert self.status == "invoked", f"apply on a {self.status} invocation"
-        for op in ops_of(plan):
-            tag = op[0]
-            if tag == "J":
-                self.journal.append(op[1])
-            elif tag == "N":
-                self._note(op[1], op[2])
-            elif tag == "S":
-                self.state[op[1]] = op[2]
-            elif tag == "C":
-                self.state.pop(op[1], None)
-            elif tag == "A":
-                self.state.clear()
-            elif tag == "T":
-                self.timers.append((op[1], op[2]))
-            elif tag == "O":
-                self.outbox.append(decode_outbox(op[1]))
-            elif tag == "PG":
-                assert self.promises is not None
-                _, name, cid = op
-                if name in self.promises.values:
-                    self._note(f"c{cid}", lua_pb_completion(T.GET_PROMISE_COMPLETION, cid, self.promises.values[name]))
-                else:
-                    self.promises.waiters.setdefault(name, []).append((self, cid))
-            elif tag == "PC":
-                assert self.promises is not None
-                _, name, cid, result, already = op
-                if name in self.promises.values:
-                    self._note(f"c{cid}", lua_pb_completion(T.COMPLETE_PROMISE_COMPLETION, cid, already))
-                    continue
-                self.promises.values[name] = result
-                self._note(f"c{cid}", lua_pb_completion(T.COMPLETE_PROMISE_COMPLETION, cid, LUA_VOID))
-                for waiter, wcid in self.promises.waiters.pop(name, []):
-                    frame = lua_pb_completion(T.GET_PROMISE_COMPLETION, wcid, result)
-                    if waiter is self:
-                        self._note(f"c{wcid}", frame)
-                    else:
-                        waiter.notify(f"c{wcid}", frame)
-            else:
-                raise AssertionError(f"op {tag!r} not modelled")
+        for op in plan.ops:
+            self._apply_op(op)
         if plan.terminal == "ERROR":  # driver.Driver._fail: the failed attempt counts, after a reset if it grew
             self.att = (0 if plan.grew else self.att) + 1
             self.status = "backing-off"
@@ -401,6 +375,50 @@ class Stored:
         assert plan.terminal == "END"
         self.status = "completed"
         return "OK"
+
+    def _apply_op(self, op: Op) -> None:
+        """One op as apply.lua's handlers (`_apply_effects.lua`, `_apply_promises.lua`) apply it."""
+        if isinstance(op, JournalEntry):
+            self.journal.append(op.frame)
+        elif isinstance(op, NotificationEntry):
+            self._note(op.key, op.frame)
+        elif isinstance(op, SetState):
+            self.state[op.key] = op.value
+        elif isinstance(op, ClearState):
+            self.state.pop(op.key, None)
+        elif isinstance(op, ClearAllState):
+            self.state.clear()
+        elif isinstance(op, AddTimer):
+            self.timers.append((op.due_ms, op.member))
+        elif isinstance(op, OutboxEntry):
+            self.outbox.append(decode_outbox(op.message))
+        elif isinstance(op, GetPromise):
+            assert self.promises is not None
+            if op.name in self.promises.values:
+                self._note(f"c{op.completion_id}", lua_pb_completion(
+                    T.GET_PROMISE_COMPLETION, op.completion_id, self.promises.values[op.name]))
+            else:
+                self.promises.waiters.setdefault(op.name, []).append((self, str(op.completion_id)))
+        elif isinstance(op, CompletePromise):
+            self._complete_promise(op)
+        else:
+            pytest.fail(f"op {op!r} not modelled")
+
+    def _complete_promise(self, op: CompletePromise) -> None:
+        assert self.promises is not None
+        cid = op.completion_id
+        if op.name in self.promises.values:
+            already = Result(*effects.PROMISE_ALREADY_COMPLETED).encode()  # the generated constant
+            self._note(f"c{cid}", lua_pb_completion(T.COMPLETE_PROMISE_COMPLETION, cid, already))
+            return
+        self.promises.values[op.name] = op.result
+        self._note(f"c{cid}", lua_pb_completion(T.COMPLETE_PROMISE_COMPLETION, cid, LUA_VOID))
+        for waiter, wcid in self.promises.waiters.pop(op.name, []):
+            frame = lua_pb_completion(T.GET_PROMISE_COMPLETION, wcid, op.result)
+            if waiter is self:
+                self._note(f"c{wcid}", frame)
+            else:
+                waiter.notify(f"c{wcid}", frame)
 
     def retry(self) -> None:
         """The back-off timer fired (attempt_start.lua)."""
@@ -534,7 +552,7 @@ def test_a_greet(ver: int) -> None:
     plan, _ = plan_of(v)
     assert_end(plan, (0, "", b'"Hello World!"'))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
     assert plan.entries == v.response_of(T.OUTPUT_COMMAND)
     assert plan.timers == plan.outbox == 0
 
@@ -567,7 +585,7 @@ def test_b_object_eager_state(ver: int) -> None:
     plan, ctx = plan_of(v)
     assert_end(plan, (0, "", b"8"))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == [("S", b"count", b"8")]
+    assert plan.ops == [SetState(b"count", b"8")]
     assert ctx.state == {b"count": b"8"}
     # GetEagerState (store only), SetState, Output: all stored as sent
     assert plan.entries == v.response_commands()
@@ -580,7 +598,7 @@ def test_b_object_state_write_rejected_outside_exclusive_handlers(ver: int) -> N
     v = vec(f"b_object_eager_state_v{ver}")
     for kind in ("shared", "service"):  # Counter/peek is shared; plain services have no state
         ctx = context(v)
-        ctx.kind = kind
+        ctx.kind = HandlerKind(kind)
         with pytest.raises(PlanError):
             plan_attempt(v.response_frames, ctx)
 
@@ -597,13 +615,13 @@ def test_b2_object_lazy_state_suspend(ver: int) -> None:
     plan, _ = plan_of(v)
     assert plan.terminal == "SUSPEND" and plan.awaiting == " c1 s1 "
     void = notification(T.GET_LAZY_STATE_COMPLETION, completion_id=1, void=True)
-    assert ops_of(plan) == [("J", get), ("N", "c1", void)]
+    assert plan.ops == [JournalEntry(get), NotificationEntry("c1", void)]
     assert plan.entries == [get, void]  # AwaitingOn (v7) is not a journal entry
     # with lazy state the worker still plans against the whole stored state (here count=10,
     # which b3 shows being replayed): the completion carries the stored value
     plan, _ = plan_of(v, state={b"count": b"10"})
     value = notification(T.GET_LAZY_STATE_COMPLETION, completion_id=1, value=b"10")
-    assert ops_of(plan) == [("J", get), ("N", "c1", value)]
+    assert plan.ops == [JournalEntry(get), NotificationEntry("c1", value)]
     assert plan.awaiting == " c1 s1 "
 
 
@@ -614,7 +632,7 @@ def test_b3_object_lazy_state_resume(ver: int) -> None:
     assert ctx.commands_before == 2
     assert_end(plan, (0, "", b"13"))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == [("S", b"count", b"13")]
+    assert plan.ops == [SetState(b"count", b"13")]
     assert ctx.state == {b"count": b"13"}
     assert plan.entries == v.response_commands()
 
@@ -648,9 +666,9 @@ def test_c1_sleep_suspend(ver: int) -> None:
     wake = v.message("response", T.SLEEP_COMMAND).wake_up_time
     assert wake > NOW_MS
     assert plan.terminal == "SUSPEND" and plan.awaiting == " c1 s1 "
-    assert ops_of(plan) == [
-        ("J", set_state), ("S", b"napping", b"true"),
-        ("J", sleep), ("T", wake, f"w|{v.invocation_id}|1"),
+    assert plan.ops == [
+        JournalEntry(set_state), SetState(b"napping", b"true"),
+        JournalEntry(sleep), AddTimer(wake, f"w|{v.invocation_id}|1"),
     ]
     assert plan.entries == [set_state, sleep]
     assert plan.timers == 1 and plan.outbox == 0
@@ -664,7 +682,7 @@ def test_c2_sleep_resume(ver: int) -> None:
     assert ctx.commands_before == 3  # Input, SetState, Sleep
     assert_end(plan, (0, "", b'"rested"'))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == [("C", b"napping")]
+    assert plan.ops == [ClearState(b"napping")]
     assert ctx.state == {}
     assert plan.entries == v.response_commands()
 
@@ -703,7 +721,7 @@ def test_d1_run_propose(ver: int) -> None:
     assert proposal.requested_ack == (ver == 7)  # v7 asks for an ack; request-response stores anyway
     assert parse_message(proposal).value == b'"rnd-x"'
     completion = notification(T.RUN_COMPLETION, completion_id=1, value=b'"rnd-x"')
-    assert ops_of(plan) == [("J", run), ("N", "c1", completion)]
+    assert plan.ops == [JournalEntry(run), NotificationEntry("c1", completion)]
     assert plan.entries == [run, completion]
     # the stored RunCompletion is byte-for-byte the one d2 replays (flags 0, Value-wrapped)
     assert d2.request_of(T.RUN_COMPLETION) == [completion]
@@ -717,7 +735,7 @@ def test_d2_run_replay(ver: int) -> None:
     assert ctx.commands_before == 2
     assert_end(plan, (0, "", b'"run said rnd-x"'))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
     assert plan.entries == v.response_commands()
 
 
@@ -745,7 +763,7 @@ def test_e_terminal_failure(ver: int) -> None:
     plan, _ = plan_of(v)
     assert_end(plan, (409, "nope", b""))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
     assert plan.entries == v.response_commands()
 
 
@@ -760,7 +778,7 @@ def test_f_retryable_error(ver: int) -> None:
     assert plan.next_retry_delay_ms is None  # the runtime's own policy decides
     assert plan.error_behavior == 0
     assert plan.result is None and plan.awaiting == ""
-    assert ops_of(plan) == [] and plan.entries == [] and not plan.grew
+    assert plan.ops == [] and plan.entries == [] and not plan.grew
 
 
 # ==== g1-g4: Signup workflow, durable promise ===========================================================
@@ -772,12 +790,12 @@ def test_g1_workflow_promise_suspend(ver: int) -> None:
     plan, ctx = plan_of(v)
     assert ctx.kind == "workflow" and ctx.key == "wf1"
     [get] = v.response_of(T.GET_PROMISE_COMMAND)
-    assert ops_of(plan) == [("J", get), ("PG", "approval", "1")]
+    assert plan.ops == [JournalEntry(get), GetPromise("approval", 1)]
     assert plan.entries == [get]
     assert plan.terminal == "SUSPEND" and plan.awaiting == " c1 s1 "
     # promises belong to workflows only
     ctx = context(v)
-    ctx.kind = "service"
+    ctx.kind = HandlerKind.SERVICE
     with pytest.raises(PlanError):
         plan_attempt(v.response_frames, ctx)
 
@@ -789,7 +807,7 @@ def test_g2_workflow_promise_resume(ver: int) -> None:
     assert ctx.commands_before == 2
     assert_end(plan, (0, "", b'"a@b.c:yes"'))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
 
 
 @V67
@@ -798,15 +816,14 @@ def test_g3_workflow_resolve_promise(ver: int) -> None:
     plan, ctx = plan_of(v)
     assert ctx.kind == "shared" and ctx.key == "wf1"
     [complete] = v.response_of(T.COMPLETE_PROMISE_COMMAND)
-    [op_j, op_pc] = ops_of(plan)
-    assert op_j == ("J", complete)
-    tag, name, cid, result, already = op_pc
-    assert (tag, name, cid) == ("PC", "approval", "1")
-    assert pb.NotificationTemplate.FromString(result) == pb.NotificationTemplate(value=pb.Value(content=b'"yes"'))
-    code, message = effects.PROMISE_ALREADY_COMPLETED
-    assert code == 409
-    assert pb.NotificationTemplate.FromString(already) == pb.NotificationTemplate(
-        failure=pb.Failure(code=code, message=message))
+    [op_j, op_pc] = plan.ops
+    assert op_j == JournalEntry(complete)
+    assert isinstance(op_pc, CompletePromise)
+    assert (op_pc.name, op_pc.completion_id) == ("approval", 1)
+    assert pb.NotificationTemplate.FromString(op_pc.result) == pb.NotificationTemplate(
+        value=pb.Value(content=b'"yes"'))
+    # a second completion gets the "already completed" failure, a constant of the Lua prelude
+    assert effects.PROMISE_ALREADY_COMPLETED == (409, "promise was already completed")
     assert plan.terminal == "SUSPEND" and plan.awaiting == " c1 s1 "
     assert plan.entries == [complete]
 
@@ -817,11 +834,12 @@ def test_g4_workflow_resolve_promise_resume(ver: int) -> None:
     plan, _ = plan_of(v)
     assert_end(plan, (0, "", b""))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
 
 
 def test_lua_completion_model_matches_the_codec() -> None:
-    """The test's model of `_prelude.lua` builds what protocol.notification builds."""
+    """Lua's frame wrapper around Python's encoded result fields builds what protocol.notification
+    builds."""
     assert lua_pb_completion(T.COMPLETE_PROMISE_COMPLETION, "1", LUA_VOID) == notification(
         T.COMPLETE_PROMISE_COMPLETION, completion_id=1, void=True)
     assert lua_pb_completion(T.CALL_COMPLETION, 300, lua_pb_result(0, "", b"xyz")) == notification(
@@ -874,7 +892,7 @@ def test_h_cancel_signal(ver: int) -> None:
     assert ctx.commands_before == 3
     assert_end(plan, (409, "cancelled", b""))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
     # the replayed cancel signal is exactly what a SendSignal{idx 1, void} delivers (see p)
     assert v.request_of(T.SIGNAL_NOTIFICATION) == [
         notification(T.SIGNAL_NOTIFICATION, signal_id=effects.CANCEL_SIGNAL, void=True)]
@@ -893,7 +911,7 @@ def test_i_journal_mismatch() -> None:
     assert plan.error_message == err.message
     assert plan.error_message.startswith("Found a mismatch between the code paths")
     assert plan.next_retry_delay_ms is None
-    assert ops_of(plan) == [] and not plan.grew
+    assert plan.ops == [] and not plan.grew
 
 
 # ==== l1/l2: Extra/call_other -> Greeter/greet =========================================================
@@ -905,14 +923,14 @@ def test_l1_call_suspend() -> None:
     [call] = v.response_of(T.CALL_COMMAND)
     child = child_invocation_id(ctx.invocation_id, 1, "Greeter", None, "greet")  # the Call is command 1
     id_note = notification(T.CALL_INVOCATION_ID_COMPLETION, completion_id=1, invocation_id=str(child))
-    [j, n, o] = ops_of(plan)
-    assert j == ("J", call)
-    assert n == ("N", "c1", id_note)
-    assert o[0] == "O"
-    assert decode_outbox(o[1]) == spb.OutboxMessage(invoke=spb.InvokeRequest(
+    [j, n, o] = plan.ops
+    assert j == JournalEntry(call)
+    assert n == NotificationEntry("c1", id_note)
+    assert isinstance(o, OutboxEntry)
+    assert decode_outbox(o.message) == spb.OutboxMessage(invoke=spb.InvokeRequest(
         partition=partition_of(child.partition_key, PARTITIONS), invocation_id=str(child),
         service="Greeter", handler="greet", body=b'"Bob"', kind=spb.HANDLER_KIND_SERVICE,
-        completion_retention_ms=effects.CHILD_DEDUP_RETENTION_MS,
+        completion_retention_ms=DAY_MS, journal_retention_ms=DAY_MS,  # a plain child: the journal retention
         parent=spb.Parent(invocation_id=ctx.invocation_id, partition=ctx.partition, result_completion_id=2),
     ))
     assert plan.entries == [call, id_note]
@@ -922,18 +940,19 @@ def test_l1_call_suspend() -> None:
     assert plan_of(v)[0].ops == plan.ops
     # another command index, another callee
     other, _ = plan_of(v, commands_before=2)
-    assert decode_outbox(ops_of(other)[2][1]).invoke.invocation_id != str(child)
+    assert outbox_of(other)[0].invoke.invocation_id != str(child)
 
 
-def test_l1_call_to_an_unknown_handler_fails_the_call() -> None:
+def test_l1_call_to_an_unknown_handler_rejects_the_attempt() -> None:
     v = vec("l1_call_suspend_v6")
     msg = v.message("response", T.CALL_COMMAND)
     msg.handler_name = "nope"
     frames = decode_frames(encode_message(T.CALL_COMMAND, msg)) + v.response_frames[1:]
     plan = plan_attempt(frames, context(v))
-    assert [op[:2] for op in ops_of(plan)] == [("J", frames[0].encode()), ("N", "c1"), ("N", "c2")]
-    assert ops_of(plan)[2][2] == notification(
-        T.CALL_COMPLETION, completion_id=2, failure=(404, "handler 'Greeter/nope' not found"))
+    assert (plan.terminal, plan.ops, plan.entries) == ("ERROR", [], [])
+    assert plan.failure_text == ("[500 Internal] cannot process command Command: Call (command index 1) because "
+                                 "of a failed precondition: the service handler Greeter/nope was not found")
+    assert plan.restate_code == "RT0018"
 
 
 def test_l2_call_resume() -> None:
@@ -942,7 +961,7 @@ def test_l2_call_resume() -> None:
     assert ctx.commands_before == 2
     assert_end(plan, (0, "", b'"got Hello Bob!"'))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
 
 
 async def test_l2_replays_what_l1_stored() -> None:
@@ -979,12 +998,10 @@ def test_m_one_way_call() -> None:
     expected = spb.InvokeRequest(
         partition=partition_of(child.partition_key, PARTITIONS), invocation_id=str(child),
         service="Greeter", handler="greet", body=b'"Bob"', kind=spb.HANDLER_KIND_SERVICE,
-        completion_retention_ms=effects.CHILD_DEDUP_RETENTION_MS, execution_time_ms=due,
+        completion_retention_ms=DAY_MS, journal_retention_ms=DAY_MS, execution_time_ms=due,
     )
-    [(tag, raw)] = ops_of(plan)
-    assert tag == "O"
-    assert decode_outbox(raw) == spb.OutboxMessage(invoke=expected)
-    assert not decode_outbox(raw).invoke.HasField("parent")  # nobody waits for the result
+    assert the_outbox_op(plan) == spb.OutboxMessage(invoke=expected)
+    assert not the_outbox_op(plan).invoke.HasField("parent")  # nobody waits for the result
     [one_way] = v.response_of(T.ONE_WAY_CALL_COMMAND)
     [output] = v.response_of(T.OUTPUT_COMMAND)
     assert plan.entries == [
@@ -994,7 +1011,7 @@ def test_m_one_way_call() -> None:
     ]
     # an invoke_time already past means "now"
     late, _ = plan_of(v, now_ms=due)
-    assert not decode_outbox(ops_of(late)[0][1]).invoke.HasField("execution_time_ms")
+    assert not the_outbox_op(late).invoke.HasField("execution_time_ms")
 
 
 # ==== n1/n2: Extra/awk (awakeable) ====================================================================
@@ -1005,7 +1022,7 @@ def test_n1_awakeable_suspend() -> None:
     plan, _ = plan_of(v)
     assert plan.terminal == "SUSPEND"
     assert plan.awaiting == " s17 s1 "  # exactly the SDK's waiting_signals [17, 1]
-    assert ops_of(plan) == [] and plan.entries == [] and not plan.grew
+    assert plan.ops == [] and plan.entries == [] and not plan.grew
 
 
 def test_n2_awakeable_resume() -> None:
@@ -1015,7 +1032,7 @@ def test_n2_awakeable_resume() -> None:
     aid = awakeable_id(v.inv, 17)
     assert_end(plan, (0, "", json.dumps(f"{aid}|hello").encode()))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
 
 
 async def test_n2_replays_what_n1_stored() -> None:
@@ -1025,7 +1042,7 @@ async def test_n2_replays_what_n1_stored() -> None:
     assert stored.apply(plan_attempt(n1.response_frames, context(n1))) == "SUSPENDED"
     # the SDK derived the awakeable id from the Start.id our invoker sends
     aid = awakeable_id(n1.inv, 17)
-    assert json.loads(output_result(n2)[2]) == f"{aid}|hello"
+    assert json.loads(output_result(n2).value) == f"{aid}|hello"
     # another invocation resolves it with '"hello"' (Extra/resolve_awk, as in o)
     resolve = encode_message(T.COMPLETE_AWAKEABLE_COMMAND, pb.CompleteAwakeableCommandMessage(
         awakeable_id=aid, value=pb.Value(content=b'"hello"')))
@@ -1052,9 +1069,7 @@ def test_o_complete_awakeable() -> None:
     assert (target, idx) == (vec("n1_awakeable_suspend_v6").inv, 17)
     assert_end(plan, (0, "", b""))
     assert plan.result == output_result(v)
-    [(tag, raw)] = ops_of(plan)
-    assert tag == "O"
-    assert decode_outbox(raw) == spb.OutboxMessage(notify=spb.Notification(
+    assert the_outbox_op(plan) == spb.OutboxMessage(notify=spb.Notification(
         partition=partition_of(target.partition_key, PARTITIONS), invocation_id=str(target), key="s17",
         frame=notification(T.SIGNAL_NOTIFICATION, signal_id=17, value=b'"hi"'),
     ))
@@ -1073,9 +1088,7 @@ def test_p_cancel_other() -> None:
     assert_end(plan, (0, "", b""))
     assert plan.result == output_result(v)
     cancel = notification(T.SIGNAL_NOTIFICATION, signal_id=1, void=True)
-    [(tag, raw)] = ops_of(plan)
-    assert tag == "O"
-    assert decode_outbox(raw) == spb.OutboxMessage(notify=spb.Notification(
+    assert the_outbox_op(plan) == spb.OutboxMessage(notify=spb.Notification(
         partition=partition_of(target.partition_key, PARTITIONS), invocation_id=str(target), key="s1",
         frame=cancel,
     ))
@@ -1094,7 +1107,7 @@ def test_q_state_keys_eager() -> None:
     plan, ctx = plan_of(v)
     assert_end(plan, (0, "", b'["a", "b"]'))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == [("A",)]  # ClearAllState
+    assert plan.ops == [ClearAllState()]
     assert ctx.state == {}
     assert plan.entries == v.response_commands()
 
@@ -1105,12 +1118,12 @@ def test_q2_state_keys_lazy() -> None:
     # the state as the vector's Start shows it (empty): no keys
     plan, _ = plan_of(v)
     empty = notification(T.GET_LAZY_STATE_KEYS_COMPLETION, completion_id=1, state_keys=[])
-    assert ops_of(plan) == [("J", keys_cmd), ("N", "c1", empty)]
+    assert plan.ops == [JournalEntry(keys_cmd), NotificationEntry("c1", empty)]
     assert plan.terminal == "SUSPEND" and plan.awaiting == " c1 s1 "
     # the keys come from the stored state, sorted
     plan, _ = plan_of(v, state={b"b": b"2", b"a": b"1"})
     keys = notification(T.GET_LAZY_STATE_KEYS_COMPLETION, completion_id=1, state_keys=[b"a", b"b"])
-    assert ops_of(plan) == [("J", keys_cmd), ("N", "c1", keys)]
+    assert plan.ops == [JournalEntry(keys_cmd), NotificationEntry("c1", keys)]
     assert parse_message(decode_frames(keys)[0]).state_keys.keys == [b"a", b"b"]
     stored = first_store(v, state={b"a": b"1"})
     assert stored.apply(plan) == "RESUME"
@@ -1125,7 +1138,7 @@ def test_r_random_seed() -> None:
     plan, _ = plan_of(v)
     assert_end(plan, (0, "", b'"0.6394267984578837|3eb13b90-4668-4257-bdd6-40fb06671ad1"'))
     assert plan.result == output_result(v)
-    assert ops_of(plan) == []
+    assert plan.ops == []
     # ours: one seed per invocation, the same on every attempt, different across invocations
     assert random_seed(v.invocation_id) == random_seed(v.invocation_id)
     assert random_seed(v.invocation_id) != random_seed(str(InvocationId(7, 7)))
@@ -1140,7 +1153,7 @@ def test_s_run_retry_rc0() -> None:
     plan, _ = plan_of(v)
     assert plan.terminal == "ERROR"
     assert (plan.error_code, plan.error_message, plan.next_retry_delay_ms) == (500, "ValueError('flaky')", 100)
-    assert ops_of(plan) == [("J", run)]  # the Run written before the error is kept
+    assert plan.ops == [JournalEntry(run)]  # the Run written before the error is kept
     assert plan.entries == [run] and plan.grew
 
 
@@ -1152,7 +1165,7 @@ def test_s_run_retry_replayed_erroring(rc: int, delay: int) -> None:
     assert ctx.commands_before == 2
     assert plan.terminal == "ERROR"
     assert (plan.error_code, plan.error_message, plan.next_retry_delay_ms) == (500, "ValueError('flaky')", delay)
-    assert ops_of(plan) == [] and not plan.grew
+    assert plan.ops == [] and not plan.grew
 
 
 @pytest.mark.parametrize("rc", [2, 3])
@@ -1163,7 +1176,7 @@ def test_s_run_retry_replayed_exhausted(rc: int) -> None:
     assert proposal.failure == pb.Failure(code=500, message="ValueError('flaky')")
     plan, _ = plan_of(v)
     failed = notification(T.RUN_COMPLETION, completion_id=1, failure=(500, "ValueError('flaky')"))
-    assert ops_of(plan) == [("N", "c1", failed)]  # the SDK's terminal failure, stored as proposed
+    assert plan.ops == [NotificationEntry("c1", failed)]  # the SDK's terminal failure, stored as proposed
     assert parse_message(decode_frames(failed)[0]).failure == proposal.failure
     assert plan.terminal == "SUSPEND" and plan.awaiting == " c1 s1 "
     assert plan.grew  # the journal grew: the retry count resets
@@ -1227,37 +1240,80 @@ def test_every_invocation_vector_is_covered() -> None:
     assert {n.rsplit("_v", 1)[0] for n in names} == set(SCENARIOS)
 
 
-def test_attach_and_get_output_commands_get_a_terminal_failure_not_endless_retries() -> None:
-    from partition.effects import UNSUPPORTED_TARGET
+def _attach_plan(msg_type: T, msg: Any) -> tuple[bytes, AttemptPlan, PlanContext]:
+    """The plan of an attempt journaling one attach / get-output command, then suspending on it."""
+    command = encode_message(msg_type, msg)
+    suspension = encode_message(T.SUSPENSION, pb.SuspensionMessage(waiting_completions=[3]))
+    ctx = context(vec("a_greet_v6"))
+    return command, plan_attempt(decode_frames(command + suspension), ctx), ctx
 
-    get_output = encode_message(
-        T.GET_INVOCATION_OUTPUT_COMMAND,
-        pb.GetInvocationOutputCommandMessage(invocation_id="inv_1aiqX0vFEFNH1Umgre58JiCLgHfTtztYK5",
-                                             result_completion_id=3))
-    suspension = encode_message(T.SUSPENSION, pb.SuspensionMessage(waiting_completions=[3], waiting_signals=[1]))
-    plan = plan_attempt(decode_frames(get_output + suspension), context(vec("a_greet_v6")))
-    assert plan.terminal == "SUSPEND" and plan.awaiting == " c3 s1 "
-    expected = notification(T.GET_INVOCATION_OUTPUT_COMPLETION, completion_id=3, failure=UNSUPPORTED_TARGET)
-    assert plan.ops == ["J", get_output, "N", "c3", expected]
+
+@pytest.mark.parametrize(("msg_type", "msg_cls", "note_key"), [
+    (T.ATTACH_INVOCATION_COMMAND, pb.AttachInvocationCommandMessage, "attach"),
+    (T.GET_INVOCATION_OUTPUT_COMMAND, pb.GetInvocationOutputCommandMessage, "get-output"),
+])
+def test_attach_and_get_output_ask_the_target_partition_through_the_outbox(
+        msg_type: T, msg_cls: Any, note_key: str) -> None:
+    target = "inv_1aiqX0vFEFNH1Umgre58JiCLgHfTtztYK5"
+    command, plan, ctx = _attach_plan(msg_type, msg_cls(invocation_id=target, result_completion_id=3))
+    assert plan.terminal == "SUSPEND" and plan.awaiting == " c3 "
+    assert plan.ops[0] == JournalEntry(command) and len(plan.ops) == 2 and plan.outbox == 1
+    (sent,) = outbox_of(plan)
+    assert sent.notify.partition == partition_of(InvocationId.parse(target).partition_key, PARTITIONS)
+    assert (sent.notify.invocation_id, sent.notify.key) == (target, note_key)
+    assert sent.notify.frame == f"{ctx.invocation_id}|{ctx.partition}|3".encode()
+
+
+def test_attach_targets_are_derived_as_the_ingress_derives_them() -> None:
+    from shardgate.sharding import idempotent_invocation_id, workflow_invocation_id
+
+    idem = pb.AttachInvocationCommandMessage(result_completion_id=3, idempotent_request_target=pb.IdempotentRequestTarget(
+        service_name="Greeter", handler_name="greet", idempotency_key="k1"))
+    keyed = pb.GetInvocationOutputCommandMessage(result_completion_id=3, idempotent_request_target=pb.IdempotentRequestTarget(
+        service_name="Counter", service_key="", handler_name="add", idempotency_key="k1"))
+    wf = pb.AttachInvocationCommandMessage(result_completion_id=3, workflow_target=pb.WorkflowTarget(
+        workflow_name="Approval", workflow_key="w1"))
+    expected = [idempotent_invocation_id("Greeter", None, "greet", "k1"),
+                idempotent_invocation_id("Counter", "", "add", "k1"), workflow_invocation_id("Approval", "w1")]
+    for msg, inv in zip((idem, keyed, wf), expected, strict=True):
+        msg_type = T.ATTACH_INVOCATION_COMMAND if isinstance(msg, pb.AttachInvocationCommandMessage) \
+            else T.GET_INVOCATION_OUTPUT_COMMAND
+        (sent,) = outbox_of(_attach_plan(msg_type, msg)[1])
+        assert sent.notify.invocation_id == str(inv)
+        assert sent.notify.partition == partition_of(inv.partition_key, PARTITIONS)
+    assert expected[0] != expected[1]
+
+
+@pytest.mark.parametrize("msg", [
+    pb.AttachInvocationCommandMessage(invocation_id="inv_garbage", result_completion_id=3),
+    pb.AttachInvocationCommandMessage(result_completion_id=3),
+])
+def test_attach_to_a_malformed_or_missing_target_is_not_found_at_once(msg: Any) -> None:
+    command, plan, _ = _attach_plan(T.ATTACH_INVOCATION_COMMAND, msg)
+    expected = notification(T.ATTACH_INVOCATION_COMPLETION, completion_id=3, failure=(404, "not found"))
+    assert plan.ops == [JournalEntry(command), NotificationEntry("c3", expected)] and plan.outbox == 0
 
 
 def test_child_retention_follows_the_target() -> None:
     """A workflow run or an idempotent call made from a handler keeps its result for its retention
-    (the run-once and dedup guarantees depend on it); a plain child only for re-deliveries."""
+    (the run-once and dedup guarantees depend on it) and its journal at most as long; a plain child
+    keeps both for the journal retention, its result at least for re-deliveries (Restate
+    `compute_retention`)."""
     from partition.effects import CHILD_DEDUP_RETENTION_MS, _child_retention_ms
-    from shardgate.schema import DAY_MS
 
     svc = ServiceMeta(name="Signup", ty=ServiceType.WORKFLOW, deployment_id="dp", handlers={})
     run = HandlerMeta(name="run", ty=HandlerType.WORKFLOW)
     shared = HandlerMeta(name="approve", ty=HandlerType.SHARED)
-    assert _child_retention_ms(svc, run, None) == DAY_MS
-    assert _child_retention_ms(svc, shared, "my-key") == DAY_MS
-    assert _child_retention_ms(svc, shared, None) == CHILD_DEDUP_RETENTION_MS
+    no_journal = HandlerMeta(name="approve", ty=HandlerType.SHARED, journal_retention_ms=0)
+    long_journal = HandlerMeta(name="run", ty=HandlerType.WORKFLOW, journal_retention_ms=DAY_MS * 3)
+    assert _child_retention_ms(svc, run, None) == (DAY_MS, DAY_MS)
+    assert _child_retention_ms(svc, long_journal, None) == (DAY_MS, DAY_MS)  # the journal never outlives the result
+    assert _child_retention_ms(svc, shared, "my-key") == (DAY_MS, DAY_MS)
+    assert _child_retention_ms(svc, shared, None) == (DAY_MS, DAY_MS)
+    assert _child_retention_ms(svc, no_journal, None) == (CHILD_DEDUP_RETENTION_MS, 0)
 
 
 def test_named_signal_keys_survive_spaces_and_nul() -> None:
-    from partition.effects import named_signal_key
-
     key = named_signal_key("a b\x00c")
     assert " " not in key and "\x00" not in key and key.startswith("n")
     suspension = encode_message(T.SUSPENSION, pb.SuspensionMessage(waiting_named_signals=["a b\x00c"]))

@@ -54,6 +54,16 @@ class PartitionServiceStub:
                 request_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutboxMessage.SerializeToString,
                 response_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.DeliverResponse.FromString,
                 _registered_method=True)
+        self.Manage = channel.unary_unary(
+                '/sgproto.partition.v1.PartitionService/Manage',
+                request_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.ManageRequest.SerializeToString,
+                response_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.ManageResponse.FromString,
+                _registered_method=True)
+        self.InvokeStream = channel.stream_stream(
+                '/sgproto.partition.v1.PartitionService/InvokeStream',
+                request_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvokeBatch.SerializeToString,
+                response_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvokeResultBatch.FromString,
+                _registered_method=True)
 
 
 class PartitionServiceServicer:
@@ -88,6 +98,26 @@ class PartitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Manage(self, request, context):
+        """Apply one lifecycle command (cancel, kill, purge, purge-journal, pause, resume) to an
+        invocation: one fenced transition on its partition. Not finding the invocation is a status
+        of the response, not NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeStream(self, request_iterator, context):
+        """Many Invokes on one long-lived stream per ingress -> worker channel: each InvokeBatch carries
+        requests (and cancellations of earlier ones), each InvokeResultBatch the answers that are
+        ready, in any order, matched by id. An answer is what the unary Invoke would have returned or
+        the status it would have failed with; a broken stream fails every unanswered request with
+        the stream's status (the ingress re-sends them, as after a broken unary call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartitionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +140,16 @@ def add_PartitionServiceServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutboxMessage.FromString,
                     response_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.DeliverResponse.SerializeToString,
+            ),
+            'Manage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Manage,
+                    request_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.ManageRequest.FromString,
+                    response_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.ManageResponse.SerializeToString,
+            ),
+            'InvokeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvokeBatch.FromString,
+                    response_serializer=sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvokeResultBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +260,60 @@ class PartitionService:
             '/sgproto.partition.v1.PartitionService/Deliver',
             sgproto_dot_partition_dot_v1_dot_partition__service__pb2.OutboxMessage.SerializeToString,
             sgproto_dot_partition_dot_v1_dot_partition__service__pb2.DeliverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Manage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgproto.partition.v1.PartitionService/Manage',
+            sgproto_dot_partition_dot_v1_dot_partition__service__pb2.ManageRequest.SerializeToString,
+            sgproto_dot_partition_dot_v1_dot_partition__service__pb2.ManageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sgproto.partition.v1.PartitionService/InvokeStream',
+            sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvokeBatch.SerializeToString,
+            sgproto_dot_partition_dot_v1_dot_partition__service__pb2.InvokeResultBatch.FromString,
             options,
             channel_credentials,
             insecure,

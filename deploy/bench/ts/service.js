@@ -1,0 +1,68 @@
+// A TypeScript-SDK deployment written as plain JavaScript, for deploy/bench/compare.py.
+//
+// Serves over HTTP/1.1 in request-response mode (node's http server, one request per attempt):
+//   Greeter/greet     returns "Hello, <name>!"
+//   Greeter/with_run  one ctx.run step, then the greeting
+//   Greeter/noop      returns nothing
+//
+// Run:  PORT=9081 node service.js   (binds 127.0.0.1; HOST overrides). compare.py copies this file
+// next to the node_modules it installs under .cache/compare/ts and starts it from there.
+"use strict";
+
+const http = require("node:http");
+
+// Node 20 lacks Promise.withResolvers (node 22 has it); newer SDK versions call it.
+if (typeof Promise.withResolvers !== "function") {
+  Promise.withResolvers = function withResolvers() {
+    let resolve;
+    let reject;
+    const promise = new this((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    return { promise, resolve, reject };
+  };
+}
+
+function greeterService(restate) {
+  return restate.service({
+    name: "Greeter",
+    handlers: {
+      greet: async (_ctx, name) => `Hello, ${name}!`,
+      with_run: async (ctx, name) => {
+        const upper = await ctx.run("upper", () => String(name).toUpperCase());
+        return `Hello, ${upper}!`;
+      },
+      noop: async () => undefined,
+    },
+  });
+}
+
+function http1Handler(restate, services) {
+  const endpoint = restate.endpoint();
+  for (const service of services) endpoint.bind(service);
+  // http1Handler() answers in request-response mode; older SDKs only have the generic handler().
+  if (typeof endpoint.http1Handler === "function") return endpoint.http1Handler();
+  return endpoint.handler();
+}
+
+async function main() {
+  const restate = await import("@restatedev/restate-sdk");
+  const port = Number.parseInt(process.env.PORT || "9080", 10);
+  const host = process.env.HOST || "127.0.0.1";
+  const server = http.createServer(http1Handler(restate, [greeterService(restate)]));
+  server.keepAliveTimeout = 120000;
+  server.headersTimeout = 125000;
+  server.listen(port, host, () => {
+    const address = server.address();
+    console.log(`ts deployment listening on http://${host}:${address.port}`);
+  });
+  for (const signal of ["SIGTERM", "SIGINT"]) {
+    process.on(signal, () => process.exit(0));  // keep-alive connections would hold server.close()
+  }
+}
+
+main().catch((err) => {
+  console.error(err && err.stack ? err.stack : err);
+  process.exit(1);
+});

@@ -1,0 +1,78 @@
+"""`POST /query` (and under `/v2`..`/v4`): one SQL statement over the partitions' state.
+
+Body `{"query": "<SQL>"}`. With `Accept: application/json` the answer is `{"rows": [...]}`, else
+an Arrow IPC stream (what the `restate` CLI reads). A statement DataFusion cannot plan or run
+answers 400 with its message; Redis failing answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.exceptions
+from aiohttp import web
+from redis.asyncio import Redis
+
+from ingress.admin.context import ADMIN
+from ingress.admin.invocations import INVOCATIONS
+from ingress.admin.parsing import DESERIALIZE, json_body
+from ingress.admin.query.encoders import ARROW_STREAM, arrow_body
+from ingress.admin.query.encoders import json_body as json_answer
+from ingress.admin.query.engine import QueryError, run_query
+from ingress.admin.query.store import QueryStore
+from ingress.errors import BadRequest, RegistryUnavailable, UnprocessableEntity
+from shardgate.keys import CLUSTER
+
+logger = logging.getLogger(__name__)
+
+
+def _redis_of(request: web.Request) -> Redis:
+    """The Redis client the admin app's registry store uses (the ingress node's pool)."""
+    return request.app[ADMIN].store.redis
+
+
+async def _store(request: web.Request) -> QueryStore:
+    """The reads of this request (cheap: the script is only hashed), over the partition count of
+    the lifecycle control, else the one stored in `sg:cluster` (none stored yet: no partition has
+    ever held anything, so every table is empty)."""
+    control = request.app.get(INVOCATIONS)
+    redis = _redis_of(request)
+    if control is not None:
+        return QueryStore(redis, control.partitions)
+    stored = await redis.hget(CLUSTER, "partitions")
+    return QueryStore(redis, int(stored) if stored is not None else 0)
+
+
+async def _sql(request: web.Request) -> str:
+    """The statement of the body. Raises 415/400 for a bad body, 422 without a `query` string."""
+    body = await json_body(request)
+    query = body.get("query") if isinstance(body, dict) else None
+    if not isinstance(query, str):
+        raise UnprocessableEntity(f"{DESERIALIZE}missing field `query`")
+    return query
+
+
+def wants_json(request: web.Request) -> bool:
+    return "application/json" in request.headers.get("accept", "").lower()
+
+
+async def query(request: web.Request) -> web.Response:
+    """Answer one statement. Raises 400 `BadRequest` for a statement error, 503 when Redis fails."""
+    sql = await _sql(request)
+    try:
+        store = await _store(request)
+        snapshot = (await request.app[ADMIN].state()).snapshot
+        result = await run_query(store, snapshot, sql)
+    except QueryError as exc:
+        raise BadRequest(str(exc)) from None
+    except redis.exceptions.RedisError as exc:
+        logger.warning("query failed reading Redis: %s", exc)
+        raise RegistryUnavailable("the query could not read the partitions' state") from None
+    if wants_json(request):
+        return web.Response(body=json_answer(result.batches), content_type="application/json")
+    return web.Response(body=arrow_body(result.schema, result.batches), content_type=ARROW_STREAM)
+
+
+def routes(prefix: str) -> list[web.RouteDef]:
+    """`POST {prefix}/query`."""
+    return [web.post(f"{prefix}/query", query)]

@@ -1,0 +1,724 @@
+"""One owned partition: everything this worker runs for it, under one fence token.
+
+Acquiring a partition creates its `PartitionLeader`; losing it closes the leader, which stops
+its loops and drivers at once and answers its waiters NOT_LEADER (the ingress re-routes them).
+The leader owns the partition's timer loop, outbox drain, the drivers of its invocations, the
+callers waiting for their results, and the duty to re-derive all of that from Redis:
+
+- A transition whose reply did not arrive (a Redis error or timeout, or a cancelled RPC) has an
+  unknown outcome: the script may have run. The leader never guesses; it marks the id suspect
+  and re-reads it shortly after (`reconcile`): completed -> its waiters are answered from the
+  stored result; invoked without a local driver -> it gets one. The partition's active set is
+  swept at the same time, because a lost END reply may have handed the key's lock to an inbox
+  head that nobody drives yet.
+- A periodic sweep (every `SWEEP_INTERVAL_S` of the injected clock) gives every id in the active
+  set that has no local driver one, and answers waiters whose invocation completed, so no
+  committed state is ever left undriven, whatever reply was lost.
+- A duplicate notification for an invocation that is invoked without a driver here resumes it.
+
+Lifecycle commands (`manage`: kill, cancel, purge, pause, resume) are one fenced script each; what
+follows in memory (stop the local driver, answer waiters, drive the inbox head or the resumed
+invocation) is re-derived like any other transition's when the reply is lost. A handler's cancel
+of another invocation (a signal with the cancel index) takes the same `cancel` transition, so a
+scheduled or inboxed invocation it cancels is removed as from the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+
+from partition import keys
+from partition.driver import Driver, OutcomeStored, Run
+from partition.errors import Fenced, InvocationNotFound, NotLeader
+from partition.invocation import (
+    CANCELLED,
+    KILLED,
+    HandlerKind,
+    Result,
+    Status,
+    StoredResult,
+    completion_key,
+    new_record,
+    rpc_result,
+)
+from partition.metrics import INVOCATIONS, QUEUE_WAIT, RECONCILED, VQUEUE_GAUGES, WAITING_CALLERS
+from partition.outbox import PartitionOutbox
+from partition.outbox_codec import ATTACH_NOTE_KEY, OUTPUT_NOTE_KEY, decode_attach_caller
+from partition.schedules import PartitionSchedules
+from partition.scripts import (
+    CANCEL_NOTE_KEY,
+    STATE_EDIT_NOTE_KEY,
+    Accepted,
+    Managed,
+    Notified,
+    Scripts,
+    Target,
+    state_version,
+)
+from partition.timers import PartitionTimers
+from partition.transition import AcceptOutcome, AttachOutcome, ManageOutcome, NotifyOutcome, StartOutcome
+from sgproto.partition.v1 import partition_service_pb2 as pb
+from shardgate import protocol
+from shardgate.clock import Clock
+from shardgate.limits import RuleBook
+from shardgate.tasks import cancel_and_wait
+
+RuleBookSource = Callable[[], Awaitable[RuleBook]]
+"""The current flow-control rule book (loaded at the first call, then kept fresh by polling)."""
+
+
+async def _no_rules() -> RuleBook:
+    return RuleBook()
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WORKFLOW_ALREADY_INVOKED = "the workflow method was already invoked"
+SWEEP_INTERVAL_S = 5.0  # every id of the active set without a driver gets one at least this often
+REPAIR_DELAY_S = 0.2  # how soon a suspect id is re-read (doubling up to SWEEP_INTERVAL_S while Redis fails)
+RESUME_RETRY_S = 1.0  # a fired timer that could not start its invocation fires again this much later
+RECONCILE_CONCURRENCY = 32
+STATE_EDIT_ATTEMPTS = 5  # a state edit re-checks its version this often while invocations keep changing the state
+DRAIN_LIMIT = 1 << 30  # the limit of a bucket no rule counts any more: its queue drains at once
+VQUEUE_GAUGES_S = 1.0  # how often a leader re-reads its partition's flow-control gauges
+
+_DELIVER_STATUS = {NotifyOutcome.GONE: pb.DELIVER_STATUS_GONE, NotifyOutcome.DUP: pb.DELIVER_STATUS_DUPLICATE}
+_MANAGE_STATUS = {
+    ManageOutcome.DONE: pb.MANAGE_STATUS_DONE, ManageOutcome.APPENDED: pb.MANAGE_STATUS_APPENDED,
+    ManageOutcome.ALREADY: pb.MANAGE_STATUS_ALREADY, ManageOutcome.NOT_FOUND: pb.MANAGE_STATUS_NOT_FOUND,
+    ManageOutcome.COMPLETED: pb.MANAGE_STATUS_COMPLETED, ManageOutcome.NOT_COMPLETED: pb.MANAGE_STATUS_NOT_COMPLETED,
+    ManageOutcome.WRONG_STATE: pb.MANAGE_STATUS_WRONG_STATE,
+}
+
+
+def _stored_result(stored: StoredResult) -> pb.Result:
+    """The RPC result of a completed invocation read back from Redis (with its expiry)."""
+    assert stored.result is not None
+    return rpc_result(stored.result, stored.expires_ms)
+
+
+CLOSE_RECANCEL_S = 0.5
+"""How often `wait_closed` cancels again the tasks of a closed leader that are still running."""
+
+
+class Waiters:
+    """Callers waiting on this worker for invocations' results (in memory only: they are RPCs)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, list[asyncio.Future[pb.Result]]] = {}
+
+    def add(self, invocation_id: str) -> asyncio.Future[pb.Result]:
+        fut: asyncio.Future[pb.Result] = asyncio.get_running_loop().create_future()
+        self._by_id.setdefault(invocation_id, []).append(fut)
+        WAITING_CALLERS.inc()
+        return fut
+
+    def drop(self, invocation_id: str, fut: asyncio.Future[pb.Result] | None) -> None:
+        futs = self._by_id.get(invocation_id)
+        if fut is not None and futs and fut in futs:
+            futs.remove(fut)
+            WAITING_CALLERS.dec()
+            if not futs:
+                del self._by_id[invocation_id]
+
+    def resolve(self, invocation_id: str, result: pb.Result) -> None:
+        """Answer everyone waiting. Waiters never get `expires_ms`: Restate announces
+        `idempotency-expires` only when a stored result is replayed, not to the callers that waited."""
+        result.ClearField("expires_ms")
+        futs = self._by_id.pop(invocation_id, [])
+        WAITING_CALLERS.dec(len(futs))
+        for fut in futs:
+            if not fut.done():
+                fut.set_result(result)
+
+    def fail_all(self, exc: Exception) -> None:
+        for futs in self._by_id.values():
+            WAITING_CALLERS.dec(len(futs))
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(exc)
+        self._by_id.clear()
+
+    def __contains__(self, invocation_id: object) -> bool:
+        return invocation_id in self._by_id
+
+    def ids(self) -> list[str]:
+        return list(self._by_id)
+
+
+class PartitionLeader:
+    """The leader of one partition under one fence token; `open()` once, `close()` once."""
+
+    def __init__(self, partition: int, token: str, *, redis: Redis, scripts: Scripts, driver: Driver, clock: Clock,
+                 deliver: Callable[[pb.OutboxMessage], Awaitable[None]], rules: RuleBookSource = _no_rules) -> None:
+        self.partition = partition
+        self._rules = rules
+        self.token = token
+        self._scripts = scripts
+        self._driver = driver
+        self._clock = clock
+        self.waiters = Waiters()
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._rewake: set[str] = set()  # woken while their driver was finishing: resume after it
+        # drivers stopped by kill / pause / cancel, until they really ended (a cancellation can be
+        # lost), and the ids to resume from storage once they did: no second run beside a zombie
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._resume_after_stop: set[str] = set()
+        self._suspect: set[str] = set()  # ids whose last transition's outcome is unknown
+        self._repair: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers = PartitionTimers(redis, partition, self.fire_timer, clock)
+        self._outbox = PartitionOutbox(redis, scripts, partition, token, deliver, clock)
+        self._schedules = PartitionSchedules(redis, scripts, partition, token, driver.schema, driver.partitions,
+                                             self._outbox.poke, clock)
+        self._loops: list[asyncio.Task[None]] = []
+        self.closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start the timer loop, the outbox drain and the sweep (whose first pass resumes
+        everything that was in flight on this partition)."""
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._timers.run()), loop.create_task(self._outbox.run()),
+                       loop.create_task(self._sweep_loop())]
+        self._loops.append(loop.create_task(self._schedules.run()))  # closed with the other loops
+        self._loops.append(loop.create_task(self._vqueue_gauges_loop()))
+
+    def close(self) -> None:
+        """The partition is lost: stop everything at once (the new owner replays the attempts, so
+        side effects never run twice concurrently) and send the waiters to the new owner."""
+        self.closed = True
+        VQUEUE_GAUGES.forget(self.partition)
+        for task in [*self._loops, *self._drivers.values(), *self._tasks]:
+            task.cancel()
+        if self._repair is not None:
+            self._repair.cancel()
+        self.waiters.fail_all(NotLeader(self.partition))
+
+    async def wait_closed(self) -> None:
+        """Wait until every task of this leader ended. A cancellation can be lost (a library that
+        turns it into another error, or asyncio.wait_for's race with a result on Python 3.11), so
+        the tasks still running are cancelled again every CLOSE_RECANCEL_S."""
+        pending: set[asyncio.Task[Any]] = {*self._loops, *self._drivers.values(), *self._stopping.values(), *self._tasks}
+        if self._repair is not None:
+            pending.add(self._repair)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=CLOSE_RECANCEL_S)
+            for task in pending:
+                task.cancel()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self.closed:
+            coro.close()
+            return
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- the Lead protocol (what the engine calls) ---------------------------------------------
+    def resolve(self, invocation_id: str, result: pb.Result) -> None:
+        self.waiters.resolve(invocation_id, result)
+
+    def awaited(self, invocation_id: str) -> bool:
+        return invocation_id in self.waiters
+
+    def poke(self, timers: bool, outbox: bool) -> None:
+        if timers:
+            self._timers.poke()
+        if outbox:
+            self._outbox.poke()
+
+    def start(self, run: Run) -> None:
+        """Drive an invocation here, unless it is driven here already."""
+        inv_id = run.target.invocation_id
+        if self.closed or inv_id in self._drivers:
+            return
+        if inv_id in self._stopping:  # its stopped driver has not ended yet: resume after it
+            self._resume_after_stop.add(inv_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._drive(run))
+        self._drivers[inv_id] = task
+
+    def resume(self, invocation_id: str) -> None:
+        """Restart an invoked invocation from storage, unless it is driven here."""
+        if invocation_id in self._stopping:
+            self._resume_after_stop.add(invocation_id)
+        elif invocation_id not in self._drivers:
+            self._spawn(self._resume_one(invocation_id))
+
+    def driving(self, invocation_id: str) -> bool:
+        return invocation_id in self._drivers
+
+    # ---- driving -----------------------------------------------------------------------------
+    async def _drive(self, run: Run) -> None:
+        inv_id = run.target.invocation_id
+        ok = True
+        try:
+            await self._driver.drive(self, run)
+        except Fenced:
+            INVOCATIONS.labels("fenced").inc()
+            log.info("partition lost while driving invocation", extra={"invocation_id": inv_id,
+                                                                       "partition": self.partition})
+        except asyncio.CancelledError:
+            log.info("driver stopped (partition released, or the invocation killed or paused)",
+                     extra={"invocation_id": inv_id, "partition": self.partition})
+            raise
+        except OutcomeStored:
+            ok = False
+            log.info("an attempt's outcome was stored by a try whose reply was lost; re-deriving it from Redis",
+                     extra={"invocation_id": inv_id, "partition": self.partition})
+        except Exception:
+            ok = False
+            log.exception("invocation driver failed; re-deriving it from Redis",
+                          extra={"invocation_id": inv_id, "partition": self.partition})
+        finally:
+            if self._drivers.get(inv_id) is asyncio.current_task():
+                del self._drivers[inv_id]
+        if not ok:
+            self.outcome_unknown(inv_id)
+        elif inv_id in self._rewake:
+            self._rewake.discard(inv_id)
+            self.resume(inv_id)
+
+    async def _resume_one(self, inv_id: str, timer_member: str = "", target: Target | None = None) -> None:
+        """(Re)start an invocation from its stored record, state and journal. A fired
+        `timer_member` is consumed by `attempt_start`, or settled (fenced) when that is not reached."""
+        if self.closed:
+            return
+        if inv_id in self._drivers:
+            # Its driver is finishing an attempt that suspended: it resumes once that is done.
+            self._rewake.add(inv_id)
+            if timer_member:
+                await self._settle_timer(inv_id, timer_member)
+            return
+        try:
+            await self._restart(inv_id, timer_member, target)
+        except Fenced:
+            return
+        except Exception:
+            log.exception("resuming invocation failed; re-deriving it", extra={"invocation_id": inv_id,
+                                                                               "partition": self.partition})
+            if timer_member:
+                await self._settle_timer(inv_id, timer_member)
+            self.outcome_unknown(inv_id)
+
+    async def _settle_timer(self, inv_id: str, member: str) -> None:
+        """A fired member that did not reach `attempt_start` is never left due (the timer loop
+        would fire it over and over): dropped when nothing waits for it, else pushed back by
+        `RESUME_RETRY_S`, so it fires again and is not lost in a crash."""
+        try:
+            await self._scripts.settle(self.partition, inv_id, self.token, member,
+                                       self._clock.now_ms() + int(RESUME_RETRY_S * 1000))
+        except Fenced:
+            pass
+        except Exception:
+            log.exception("cannot settle timer %s", member, extra={"invocation_id": inv_id,
+                                                                   "partition": self.partition})
+
+    async def _restart(self, inv_id: str, timer_member: str, t: Target | None) -> None:
+        if t is None:
+            t = await self._scripts.target_of(self.partition, inv_id)
+            if t is None:  # it no longer exists: forget it (fenced), timer member included
+                await self._scripts.settle(self.partition, inv_id, self.token, timer_member)
+                return
+        started = await self._scripts.attempt_start(t, self.token, timer_member, self._clock.now_ms())
+        if started.outcome is StartOutcome.INVOKED and started.record is not None:
+            if started.record.vqueue and started.started_from is Status.SCHEDULED:
+                queued_since_ms = max(started.record.last_growth_ms, started.record.execution_time_ms or 0)
+                QUEUE_WAIT.observe(max(0.0, (self._clock.now_ms() - queued_since_ms) / 1000))
+            self.start(Run(t, self.token, started.record, started.state, started.journal))
+        elif self.awaited(inv_id):  # e.g. completed in a transition whose reply was lost
+            await self._driver.answer_from_storage(self, t)
+
+    def wake(self, notified: Notified) -> None:
+        """Start the invocation a notification woke (its keys came with the notify reply); a
+        duplicate is re-derived, in case the wake-up it caused was lost with a reply."""
+        if notified.outcome is NotifyOutcome.WOKEN and notified.target is not None:
+            t = notified.target
+            self._spawn(self._resume_one(t.invocation_id, target=t))
+
+    async def fire_timer(self, member: str) -> None:
+        """A due timer: a sleep completion wakes its invocation, a retry or delayed send starts it.
+        Raises ValueError for a member of no known kind."""
+        timer = keys.parse_timer_member(member)
+        if timer.kind is not keys.TimerKind.WAKE:
+            await self._resume_one(timer.invocation_id, member)
+            return
+        cid = timer.completion_id
+        assert cid is not None  # parse_timer_member: a WAKE member always names its completion
+        frame = protocol.notification(protocol.MessageType.SLEEP_COMPLETION, completion_id=cid, void=True)
+        notified = await self._transition(timer.invocation_id, self._scripts.notify(
+            self.partition, timer.invocation_id, self.token, completion_key(cid), frame, member))
+        self.wake(notified)
+
+    # ---- re-deriving from Redis --------------------------------------------------------------
+    async def _transition(self, inv_id: str, call: Awaitable[T]) -> T:
+        """Await a transition of `inv_id`; if its reply is lost (error or cancellation), its outcome
+        is unknown: mark the id for `reconcile` and re-raise."""
+        try:
+            return await call
+        except Fenced:
+            raise
+        except BaseException:
+            self.outcome_unknown(inv_id)
+            raise
+
+    def outcome_unknown(self, inv_id: str) -> None:
+        """A transition of `inv_id` may or may not have run: re-derive it (and sweep) shortly."""
+        if self.closed:
+            return
+        self._suspect.add(inv_id)
+        if self._repair is None or self._repair.done():
+            self._repair = asyncio.get_running_loop().create_task(self._repair_loop())
+
+    async def _repair_loop(self) -> None:
+        delay_s = REPAIR_DELAY_S
+        while self._suspect and not self.closed:
+            await self._clock.sleep(delay_s)
+            ids, self._suspect = self._suspect, set()
+            # The lost transition may have added timers or outbox messages nobody was told about.
+            self.poke(True, True)
+            try:
+                for inv_id in sorted(ids):
+                    await self.reconcile(inv_id)
+                await self.sweep()
+                delay_s = REPAIR_DELAY_S
+            except Fenced:
+                return
+            except Exception as e:  # noqa: BLE001  Redis still failing: keep them suspect, back off
+                log.warning("cannot re-derive %d invocations yet (%s), retrying", len(ids), type(e).__name__,
+                            extra={"partition": self.partition})
+                self._suspect |= ids
+                delay_s = min(delay_s * 2, SWEEP_INTERVAL_S)
+
+    async def reconcile(self, inv_id: str) -> None:
+        """Make this process's view of `inv_id` match Redis: answer waiters of a completed
+        invocation, drive an invoked one that has no driver here."""
+        if inv_id in self._drivers:
+            return  # its driver answers its waiters
+        stored = await self._scripts.result_of(self.partition, inv_id)
+        RECONCILED.labels("read").inc()
+        if stored is None:
+            return
+        if stored.status is Status.COMPLETED and stored.result is not None:
+            if self.awaited(inv_id):
+                RECONCILED.labels("answered").inc()
+                self.resolve(inv_id, rpc_result(stored.result, None))
+        elif stored.status is Status.INVOKED:
+            RECONCILED.labels("resumed").inc()
+            await self._resume_one(inv_id)
+
+    async def sweep(self) -> None:
+        """Every invoked id of the partition gets a driver; waiters of completed ones an answer."""
+        active = await self._scripts.active_ids(self.partition)
+        undriven = [i for i in active if i not in self._drivers]
+        if undriven:
+            log.info("resuming invocations without a driver", extra={"partition": self.partition,
+                                                                     "count": len(undriven)})
+            RECONCILED.labels("resumed").inc(len(undriven))
+        for inv_id in undriven:
+            self._spawn(self._resume_one(inv_id))
+        waiting = [i for i in self.waiters.ids() if i not in self._drivers and i not in active]
+        if waiting:
+            limit = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+
+            async def one(inv_id: str) -> None:
+                async with limit:
+                    await self.reconcile(inv_id)
+
+            await asyncio.gather(*(one(i) for i in waiting))
+
+    async def _sweep_loop(self) -> None:
+        delay_s = REPAIR_DELAY_S
+        while True:
+            try:
+                await self.sweep()
+                delay_s = SWEEP_INTERVAL_S
+            except Fenced:
+                return
+            except Exception as e:  # noqa: BLE001  Redis unavailable: try again sooner
+                log.warning("partition sweep failed (%s), retrying", type(e).__name__,
+                            extra={"partition": self.partition})
+                delay_s = min(max(delay_s, REPAIR_DELAY_S) * 2, SWEEP_INTERVAL_S)
+            await self._clock.sleep(delay_s)
+
+    # ---- flow control ------------------------------------------------------------------------
+    def limits_changed(self, book: RuleBook) -> None:
+        """The rule book changed: store the new limits of this partition's buckets and start what
+        a raised (or removed) limit lets through."""
+        self._spawn(self._apply_limits(book))
+
+    async def _apply_limits(self, book: RuleBook) -> None:
+        try:
+            buckets = await self._scripts.vqueue_buckets(self.partition)
+            if not buckets:
+                return
+            limits: list[tuple[str, int | str]] = [(b, book.bucket_admission(b)) for b in buckets]
+            admitted = await self._scripts.scope_limits(self.partition, self.token, self._clock.now_ms(), limits)
+        except Fenced:
+            return
+        except Exception:
+            log.exception("cannot apply the new concurrency limits; the start timers of what they admit"
+                          " (if stored) start it", extra={"partition": self.partition})
+            self.poke(True, False)
+            return
+        self.poke(True, False)
+        for inv_id in admitted:
+            self.resume(inv_id)
+
+    async def _vqueue_gauges_loop(self) -> None:
+        """Refresh this partition's flow-control gauges (`partition.metrics.VqueueGauges`) every
+        VQUEUE_GAUGES_S of the injected clock: plain reads, one when the partition has no bucket."""
+        while True:
+            try:
+                book = await self._rules()
+                views = await self._scripts.vqueue_views(self.partition, self._clock.now_ms())
+                VQUEUE_GAUGES.update(self.partition, views, book.rule_of)
+            except Exception as e:  # noqa: BLE001  Redis unavailable: the gauges stay as last read
+                log.debug("cannot read the vqueue gauges (%s)", type(e).__name__, extra={"partition": self.partition})
+            await self._clock.sleep(VQUEUE_GAUGES_S)
+
+    # ---- the partition's RPCs ----------------------------------------------------------------
+    async def accept(self, req: pb.InvokeRequest, refusable: bool = False) -> Accepted:
+        """Create the invocation (or find the existing one) and start what it needs. A scoped one
+        under a rule counts against the rule's bucket (queued when it is full or out of rate
+        tokens; `refusable` under an `on_limit: reject` rule: REJECTED, nothing stored)."""
+        inv_id = req.invocation_id
+        now_ms = self._clock.now_ms()
+        record = new_record(req, now_ms)
+        limit, rated = None, False
+        if record.scope is not None:
+            found = (await self._rules()).match(record.scope, record.limit_key)
+            if found is not None:
+                record = replace(record, vqueue=found.bucket)
+                limit, rated = found.rule.limits.admission(), found.rule.limits.rate is not None
+        t = Target.of(self.partition, inv_id, record)
+        acc = await self._transition(inv_id, self._scripts.accept(t, self.token, record, limit, now_ms, refusable))
+        if acc.outcome is AcceptOutcome.REJECTED:
+            INVOCATIONS.labels("rejected").inc()
+            return acc
+        if acc.outcome is AcceptOutcome.DUP:
+            INVOCATIONS.labels("duplicate").inc()
+            self.poke(False, acc.parents_notified > 0)
+            if acc.dup_status is Status.INVOKED:
+                self.resume(inv_id)
+            return acc
+        INVOCATIONS.labels("accepted").inc()
+        if acc.outcome is AcceptOutcome.INVOKED:
+            if record.vqueue:
+                QUEUE_WAIT.observe(0.0)
+            self.start(Run(t, self.token, replace(record, status=Status.INVOKED), acc.state, []))
+        elif acc.outcome is AcceptOutcome.SCHEDULED or rated:
+            self.poke(True, False)  # a start timer, or a queue's wake-up for its next rate token
+        return acc
+
+    async def invoke(self, req: pb.InvokeRequest) -> pb.InvokeResponse:
+        """Accept a call or send; a call waits for the result."""
+        inv_id = req.invocation_id
+        waiter = self.waiters.add(inv_id) if req.wait else None
+        try:
+            acc = await self.accept(req, refusable=True)
+        except BaseException:
+            self.waiters.drop(inv_id, waiter)
+            raise
+        resp = pb.InvokeResponse(invocation_id=inv_id)
+        if acc.outcome is AcceptOutcome.REJECTED:
+            self.waiters.drop(inv_id, waiter)
+            resp.rejected_retry_after_ms = acc.retry_after_ms
+            return resp
+        dup = acc.outcome is AcceptOutcome.DUP
+        exec_ms = acc.execution_time_ms if dup else (
+            req.execution_time_ms if acc.outcome is AcceptOutcome.SCHEDULED else None)
+        if exec_ms is not None:
+            resp.execution_time_ms = exec_ms
+        resent = bool(req.request_nonce) and acc.request_nonce == req.request_nonce
+        if dup and not req.wait and not resent:
+            resp.send_status = pb.SEND_STATUS_PREVIOUSLY_ACCEPTED
+        if waiter is None:
+            return resp
+        if dup and HandlerKind.from_proto(req.kind) is HandlerKind.WORKFLOW and not resent:
+            self.waiters.drop(inv_id, waiter)
+            resp.result.CopyFrom(rpc_result(Result(409, WORKFLOW_ALREADY_INVOKED)))
+            return resp
+        if dup and acc.dup_status is Status.COMPLETED and acc.result is not None:
+            self.waiters.drop(inv_id, waiter)
+            resp.result.CopyFrom(rpc_result(acc.result, acc.expires_ms))
+            return resp
+        resp.result.CopyFrom(await self._wait(inv_id, waiter))
+        return resp
+
+    async def attach(self, ref: pb.InvocationRef) -> pb.InvokeResponse:
+        """Wait for an invocation's result. Raises InvocationNotFound."""
+        inv_id = ref.invocation_id
+        waiter = self.waiters.add(inv_id)
+        try:
+            stored = await self._scripts.result_of(self.partition, inv_id)
+        except BaseException:
+            self.waiters.drop(inv_id, waiter)
+            raise
+        resp = pb.InvokeResponse(invocation_id=inv_id)
+        if stored is None or stored.status is Status.COMPLETED:
+            self.waiters.drop(inv_id, waiter)
+            if stored is None:
+                raise InvocationNotFound(inv_id)
+            resp.result.CopyFrom(_stored_result(stored))
+            return resp
+        resp.result.CopyFrom(await self._wait(inv_id, waiter))
+        return resp
+
+    async def get_output(self, ref: pb.InvocationRef) -> pb.OutputResponse:
+        stored = await self._scripts.result_of(self.partition, ref.invocation_id)
+        if stored is None:
+            return pb.OutputResponse(status=pb.OUTPUT_STATUS_NOT_FOUND)
+        if stored.status is not Status.COMPLETED:
+            return pb.OutputResponse(status=pb.OUTPUT_STATUS_NOT_READY)
+        return pb.OutputResponse(status=pb.OUTPUT_STATUS_READY, result=_stored_result(stored))
+
+    async def notify(self, n: pb.Notification) -> pb.DeliverResponse:
+        """Apply a notification from another partition's outbox (or an awakeable completion); a
+        cancel signal is the `cancel` command."""
+        if n.key == STATE_EDIT_NOTE_KEY:
+            return await self._edit_state(pb.StateEdit.FromString(n.frame))
+        if n.key in (ATTACH_NOTE_KEY, OUTPUT_NOTE_KEY):
+            return await self._attach_from_handler(n)
+        if n.key == CANCEL_NOTE_KEY:
+            managed = await self._cancel(n.invocation_id)
+            gone = managed.outcome in (ManageOutcome.NOT_FOUND, ManageOutcome.COMPLETED)
+            return pb.DeliverResponse(status=pb.DELIVER_STATUS_GONE if gone else pb.DELIVER_STATUS_APPLIED)
+        notified = await self._transition(n.invocation_id, self._scripts.notify(
+            self.partition, n.invocation_id, self.token, n.key, n.frame))
+        self.wake(notified)
+        if notified.outcome is NotifyOutcome.DUP and n.invocation_id not in self._drivers:
+            self.outcome_unknown(n.invocation_id)  # the wake-up of the first delivery may have been lost
+        return pb.DeliverResponse(status=_DELIVER_STATUS.get(notified.outcome, pb.DELIVER_STATUS_APPLIED))
+
+    async def _attach_from_handler(self, n: pb.Notification) -> pb.DeliverResponse:
+        """A handler's attach / get-output to `n.invocation_id` (here): answered through the
+        outbox (at once, or at the target's END for an attach to a running one)."""
+        try:
+            caller_id, caller_partition, cid = decode_attach_caller(n.frame)
+        except ValueError:
+            log.warning("malformed attach request for %s dropped", n.invocation_id)
+            return pb.DeliverResponse(status=pb.DELIVER_STATUS_GONE)
+        outcome = await self._scripts.attach(self.partition, n.invocation_id, self.token, caller_id,
+                                             caller_partition, cid, n.key == OUTPUT_NOTE_KEY)
+        self.poke(False, outcome is AttachOutcome.ANSWERED)
+        return pb.DeliverResponse(status=pb.DELIVER_STATUS_APPLIED)
+
+    async def _edit_state(self, edit: pb.StateEdit) -> pb.DeliverResponse:
+        """Replace an object key's state (admin `POST /services/{svc}/state`), queued behind its
+        lock while an invocation holds it. An edit carrying a version that is not the current
+        state's is dropped, as Restate drops it (the admin caller was answered 202 either way)."""
+        t = Target(self.partition, "", edit.service, edit.key, edit.scope if edit.HasField("scope") else None)
+        new_state = {e.key: e.value for e in edit.entries}
+        for _ in range(STATE_EDIT_ATTEMPTS):
+            checked = None
+            if edit.HasField("version"):
+                checked = await self._scripts.object_state(t)
+                if state_version(checked) != edit.version:
+                    log.info("state edit of %s/%s dropped: stale version %s", edit.service, edit.key, edit.version)
+                    break
+            # WRONG_STATE: the state changed between the read and the edit; check the version again
+            if await self._scripts.state_edit(t, self.token, checked, new_state) is not ManageOutcome.WRONG_STATE:
+                break
+        return pb.DeliverResponse(status=pb.DELIVER_STATUS_APPLIED)
+
+    async def _wait(self, inv_id: str, waiter: asyncio.Future[pb.Result]) -> pb.Result:
+        try:
+            return await waiter
+        finally:
+            self.waiters.drop(inv_id, waiter)
+
+    # ---- lifecycle commands ------------------------------------------------------------------
+    async def manage(self, req: pb.ManageRequest) -> pb.ManageResponse:
+        """Apply one lifecycle command as one fenced transition, then what follows it here."""
+        commands: dict[int, Callable[[str], Awaitable[Managed]]] = {
+            pb.MANAGE_COMMAND_CANCEL: self._cancel, pb.MANAGE_COMMAND_KILL: self._kill,
+            pb.MANAGE_COMMAND_PURGE: self._purge, pb.MANAGE_COMMAND_PURGE_JOURNAL: self._purge_journal,
+            pb.MANAGE_COMMAND_PAUSE: self._pause, pb.MANAGE_COMMAND_RESUME: self._resume_command,
+        }
+        managed = await commands[req.command](req.invocation_id)
+        found = managed.status.value if managed.status is not None else ""
+        return pb.ManageResponse(status=_MANAGE_STATUS[managed.outcome], invocation_status=found)
+
+    def _stop_driver(self, inv_id: str) -> None:
+        """Stop the attempt in flight for `inv_id` here (its effects were never stored). Until the
+        task really ended, nothing starts the invocation again here (`_reap`)."""
+        self._rewake.discard(inv_id)
+        task = self._drivers.pop(inv_id, None)
+        if task is not None:
+            task.cancel()
+            self._stopping[inv_id] = task
+            self._spawn(self._reap(inv_id, task))
+
+    async def _reap(self, inv_id: str, task: asyncio.Task[None]) -> None:
+        """Cancel a stopped driver until it ended (a lost cancellation would leave a zombie that
+        could still store its attempt beside a new run), then resume what asked for it meanwhile."""
+        try:
+            await cancel_and_wait([task])
+        finally:
+            if self._stopping.get(inv_id) is task:
+                del self._stopping[inv_id]
+        if inv_id in self._resume_after_stop:
+            self._resume_after_stop.discard(inv_id)
+            self.resume(inv_id)
+
+    async def _kill(self, inv_id: str) -> Managed:
+        t = await self._scripts.target_of(self.partition, inv_id)
+        if t is None:
+            return Managed(ManageOutcome.NOT_FOUND)
+        killed = await self._transition(inv_id, self._scripts.kill(t, self.token, self._clock.now_ms()))
+        if killed.outcome is not ManageOutcome.DONE:
+            return killed
+        INVOCATIONS.labels("killed").inc()
+        self._stop_driver(inv_id)
+        self.resolve(inv_id, rpc_result(KILLED))
+        self.poke(True, killed.parents_notified > 0)  # timers: a freed concurrency slot's next starts
+        if killed.next_id and killed.next_record is not None:
+            nt = Target.of(self.partition, killed.next_id, killed.next_record)
+            self.start(Run(nt, self.token, killed.next_record, killed.next_state, []))
+        for started in killed.started:
+            self.resume(started)
+        return killed
+
+    async def _cancel(self, inv_id: str) -> Managed:
+        t = await self._scripts.target_of(self.partition, inv_id)
+        if t is None:
+            return Managed(ManageOutcome.NOT_FOUND)
+        cancelled = await self._transition(inv_id, self._scripts.cancel(t, self.token))
+        if cancelled.outcome is ManageOutcome.DONE:
+            INVOCATIONS.labels("cancelled").inc()
+            self.resolve(inv_id, rpc_result(CANCELLED))
+            self.poke(True, cancelled.parents_notified > 0)  # timers: a freed concurrency slot's next starts
+        elif cancelled.outcome is ManageOutcome.APPENDED and cancelled.woken:
+            self._spawn(self._resume_one(inv_id, target=t))
+        return cancelled
+
+    async def _purge(self, inv_id: str, journal_only: bool = False) -> Managed:
+        t = await self._scripts.target_of(self.partition, inv_id)
+        if t is None:
+            return Managed(ManageOutcome.NOT_FOUND)
+        return await self._transition(inv_id, self._scripts.purge(t, self.token, journal_only))
+
+    async def _purge_journal(self, inv_id: str) -> Managed:
+        return await self._purge(inv_id, journal_only=True)
+
+    async def _pause(self, inv_id: str) -> Managed:
+        paused = await self._transition(inv_id, self._scripts.pause(self.partition, inv_id, self.token))
+        if paused.outcome is ManageOutcome.DONE:
+            INVOCATIONS.labels("paused").inc()
+            self._stop_driver(inv_id)
+        return paused
+
+    async def _resume_command(self, inv_id: str) -> Managed:
+        resumed = await self._transition(inv_id, self._scripts.resume(self.partition, inv_id, self.token))
+        if resumed.woken:
+            self._spawn(self._resume_one(inv_id))
+        return resumed

@@ -1,0 +1,1 @@
+"""Developer tooling: the `shardgate` console script, `shardgate dev`, `shardgate bench`. Not runtime code."""

@@ -1,0 +1,1 @@
+"""The chaos suite: real clusters under load, faults injected, the side-effect ledger checked."""

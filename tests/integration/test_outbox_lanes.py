@@ -1,0 +1,112 @@
+"""The outbox delivers per target lane: a failing target holds only its own messages.
+
+A real Redis holds the outbox (`sg:{p0}:outbox`) and the lease; `deliver` is the outbox's injected
+callable (in the worker it is the local leader or a gRPC call to the target's owner), here a
+recorder that fails on purpose for one target. On a manual clock.
+
+* messages to other targets go out while one target fails, each target's messages in order;
+* the failed target is retried after its back-off, and its messages then go out in order;
+* the acknowledgement removes exactly the delivered messages (held ones stay, in order);
+* a held head larger than one batch does not hide the messages behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from partition import keys
+from partition.outbox import BATCH, LANE_BACKOFF_MIN_S, PartitionOutbox, target_partition
+from partition.outbox_codec import decode_outbox, encode_outbox_notify
+from partition.scripts import Scripts
+from sgproto.partition.v1 import partition_service_pb2 as pb
+from shardgate.clock import ManualClock
+from tests.clusters import poll
+
+P = 0
+DOWN = 3
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.delivered: list[tuple[int, str]] = []
+        self.down = {DOWN}
+
+    async def deliver(self, msg: pb.OutboxMessage) -> None:
+        target = target_partition(msg)
+        if target in self.down:
+            raise ConnectionError(f"partition {target} has no owner")
+        self.delivered.append((target, msg.notify.key))
+
+
+def entry(target: int, key: str) -> bytes:
+    return encode_outbox_notify(target, f"inv_{target}", key, b"frame")
+
+
+async def setup(redis: Redis, entries: list[bytes]) -> tuple[PartitionOutbox, Recorder, ManualClock]:
+    scripts = Scripts(redis)
+    tok = await scripts.lease_acquire(keys=[keys.lease(P), keys.epoch(P), keys.route(P)],
+                                      args=["w1", 60_000, "127.0.0.1:1"])
+    assert tok is not None
+    await redis.rpush(keys.outbox(P), *entries)
+    rec, clock = Recorder(), ManualClock()
+    return PartitionOutbox(redis, scripts, P, tok.decode(), rec.deliver, clock), rec, clock
+
+
+async def remaining(redis: Redis) -> list[tuple[int, str]]:
+    return [(target_partition(m := decode_outbox(raw)), m.notify.key)
+            for raw in await redis.lrange(keys.outbox(P), 0, -1)]
+
+
+@pytest.mark.timeout(30)
+async def test_a_failing_target_holds_only_its_own_messages(redis: Redis) -> None:
+    outbox, rec, clock = await setup(redis, [entry(DOWN, "a1"), entry(5, "b1"), entry(DOWN, "a2"),
+                                             entry(5, "b2"), entry(7, "c1")])
+    delivered, held, _ = await outbox._drain()
+    assert (delivered, held) == (3, 2)
+    assert rec.delivered == [(5, "b1"), (5, "b2"), (7, "c1")]
+    assert await remaining(redis) == [(DOWN, "a1"), (DOWN, "a2")]
+
+    await redis.rpush(keys.outbox(P), entry(5, "b3"))
+    assert (await outbox._drain())[:2] == (1, 2)  # the held lane is not retried before its back-off
+    assert rec.delivered[-1] == (5, "b3")
+
+    rec.down.clear()
+    clock.advance(int(LANE_BACKOFF_MIN_S * 1000))
+    assert (await outbox._drain())[:2] == (2, 0)
+    assert rec.delivered[-2:] == [(DOWN, "a1"), (DOWN, "a2")]
+    assert await remaining(redis) == []
+
+
+@pytest.mark.timeout(30)
+async def test_the_run_loop_retries_a_held_lane_after_its_back_off(redis: Redis) -> None:
+    outbox, rec, clock = await setup(redis, [entry(DOWN, "a1"), entry(5, "b1")])
+    loop = asyncio.create_task(outbox.run())
+    try:
+        await poll("b1 to go out", 5.0, _until(lambda: rec.delivered == [(5, "b1")]), interval_s=0.01)
+        rec.down.clear()
+        await poll("the loop to wait for the back-off", 5.0, _until(lambda: clock.sleepers > 0), interval_s=0.01)
+        clock.advance(int(LANE_BACKOFF_MIN_S * 1000))
+        await poll("a1 to go out", 5.0, _until(lambda: (DOWN, "a1") in rec.delivered), interval_s=0.01)
+        assert await remaining(redis) == []
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+@pytest.mark.timeout(30)
+async def test_a_held_head_longer_than_a_batch_does_not_hide_what_is_behind_it(redis: Redis) -> None:
+    outbox, rec, _clock = await setup(redis, [entry(DOWN, f"a{i}") for i in range(BATCH + 10)] + [entry(5, "b1")])
+    assert (await outbox._drain())[0] == 0  # the first look: DOWN fails and is held
+    assert (await outbox._drain())[0] == 1  # the next one looks past the held head
+    assert rec.delivered == [(5, "b1")]
+    assert len(await remaining(redis)) == BATCH + 10
+
+
+def _until(condition):  # type: ignore[no-untyped-def]
+    async def probe() -> bool | None:
+        return True if condition() else None
+
+    return probe

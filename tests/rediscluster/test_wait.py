@@ -1,0 +1,117 @@
+"""`WAIT 1` after the accept script, on a real Redis Cluster: what it guarantees and what it costs.
+
+The accept transition runs through the real `Scripts.accept` wrapper (real Lua, a real lease token);
+`WaitingScripts` adds `WAIT <replicas> <timeout>` on the same connection right after the accept
+script, which is where the worker must place it (`shardgate.redisconn.run_replicated`). Figures are
+printed (run with `-s`) and written to `<tmp>/wait_cost.json`; docs/redis-cluster.md quotes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from partition import keys
+from partition.invocation import HandlerKind, InvocationRecord, Status
+from partition.scripts import Scripts, Target
+from shardgate import keys as cluster_keys
+from shardgate import redisconn
+from tests.rediscluster.cluster import RedisClusterProcs, flush_primaries
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
+
+PARTITION = 5
+SEQUENTIAL = 300
+CONCURRENT = 32
+ROUNDS = 10
+WAIT_TIMEOUT_MS = 200
+
+
+class WaitingScripts(Scripts):
+    """The real wrappers; with `replicas` > 0 the accept script is followed by WAIT."""
+
+    def __init__(self, redis: Redis, replicas: int) -> None:
+        super().__init__(redis)
+        self.replicas = replicas
+        self.acknowledged: list[int] = []  # WAIT's answer per accept
+
+    async def _run(self, name: str, keys_: list[str], args: Sequence[Any]) -> Any:
+        if name != "accept" or self.replicas == 0:
+            return await super()._run(name, keys_, args)
+        reply, acked = await redisconn.run_replicated(self._redis, self._scripts[name], keys_, args,
+                                                      self.replicas, WAIT_TIMEOUT_MS)
+        self.acknowledged.append(acked)
+        return reply
+
+
+async def lease_token(scripts: Scripts, p: int) -> str:
+    token = await scripts.lease_acquire(keys=[keys.lease(p), keys.epoch(p), cluster_keys.route(p)],
+                                        args=["bench-worker", 60_000, "127.0.0.1:1"])
+    assert token, "the lease must be free"
+    return str(token.decode())
+
+
+async def accept_one(scripts: Scripts, token: str) -> float:
+    """One accept of a fresh plain-service invocation; its latency in ms."""
+    inv = f"inv-{uuid.uuid4().hex}"
+    record = InvocationRecord(Status.INVOKED, "Greeter", "greet", HandlerKind.SERVICE, input_frame=b"x")
+    started = time.perf_counter()
+    await scripts.accept(Target(PARTITION, inv, "Greeter", None), token, record)
+    return (time.perf_counter() - started) * 1000.0
+
+
+async def measure(scripts: Scripts, token: str) -> dict[str, float]:
+    sequential = [await accept_one(scripts, token) for _ in range(SEQUENTIAL)]
+    started = time.perf_counter()
+    for _ in range(ROUNDS):
+        await asyncio.gather(*(accept_one(scripts, token) for _ in range(CONCURRENT)))
+    elapsed_s = time.perf_counter() - started
+    ordered = sorted(sequential)
+    return {"p50_ms": round(statistics.median(ordered), 3),
+            "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1], 3),
+            "mean_ms": round(statistics.fmean(ordered), 3),
+            f"accepts_per_s_at_{CONCURRENT}_in_flight": round(ROUNDS * CONCURRENT / elapsed_s, 1)}
+
+
+async def test_wait_cost_and_what_it_confirms(rcluster: RedisClusterProcs, tmp_path: Path) -> None:
+    flush_primaries(rcluster)
+    client = redisconn.connect(rcluster.url, timeout_s=5.0, max_connections=64)
+    try:
+        plain, waiting = WaitingScripts(client, 0), WaitingScripts(client, 1)
+        token = await lease_token(plain, PARTITION)
+        await measure(plain, token)  # warm-up: connections, script cache
+        without = await measure(plain, token)
+        with_wait = await measure(waiting, token)
+        assert waiting.acknowledged and set(waiting.acknowledged) == {1}  # every accept reached the replica
+
+        # What WAIT confirms: with the replica frozen, the accept still runs on the primary but
+        # WAIT answers 0 after its timeout, so the worker knows the ack could be lost by a failover.
+        primary = rcluster.primary_for_slot(key_slot(keys.lease(PARTITION).encode()))
+        replica = rcluster.node(rcluster.replica_of(primary))
+        assert replica.proc is not None
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            waiting.acknowledged.clear()
+            frozen_ms = await accept_one(waiting, token)
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        assert waiting.acknowledged == [0]
+        assert frozen_ms >= WAIT_TIMEOUT_MS * 0.9
+    finally:
+        await client.aclose()
+    figures = {"without_wait": without, "with_wait_1": with_wait,
+               "replica_frozen_accept_ms": round(frozen_ms, 1), "wait_timeout_ms": WAIT_TIMEOUT_MS}
+    (tmp_path / "wait_cost.json").write_text(json.dumps(figures, indent=2))
+    print("\nWAIT cost:", json.dumps(figures))
