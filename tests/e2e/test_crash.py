@@ -226,13 +226,13 @@ async def env(cluster_env: Env) -> Env:
 # ---- a. a suspended durable sleep ----------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)  # the first test also pays for the module's cluster start
 @pytest.mark.parametrize("sleep_ms,kill_before_due_s", [
     # The new owner must fire the timer at 6 s, not at takeover (about 2 s after a kill at ~1 s).
     pytest.param(6000, None, id="due-after-takeover"),
-    # The timer falls due 0.5 s after the kill, while no worker owns the partition (the lease lapses
+    # The timer falls due 1 s after the kill, while no worker owns the partition (the lease lapses
     # 1.7-2 s after the kill), so the new owner finds it overdue at takeover.
-    pytest.param(3000, 0.5, id="due-during-outage"),
+    pytest.param(6000, 1.0, id="due-during-outage"),
 ])
 async def test_suspended_sleep_completes_on_new_owner(env: Env, sleep_ms: int,
                                                       kill_before_due_s: float | None) -> None:
@@ -250,8 +250,8 @@ async def test_suspended_sleep_completes_on_new_owner(env: Env, sleep_ms: int,
         # so that the timer falls due inside the outage whatever the machine's speed.
         kill_at = started + sleep_ms / 1000 - kill_before_due_s
         await asyncio.sleep(max(0.0, kill_at - time.monotonic()))
+    killed_after = time.monotonic() - started  # the signal is the fault; reaping the process is not
     await kill(env, owner)
-    killed_after = time.monotonic() - started
     assert killed_after < sleep_ms / 1000, "too slow to kill the owner while the timer was pending"
 
     status, value, seen = await env.result(inv, sleep_ms / 1000 + FAILOVER_S + 10)
@@ -352,7 +352,7 @@ async def test_call_chain_survives_sigkill_of_one_hop(env: Env, hop: str) -> Non
 # ---- d. 1,000 delayed sends across a SIGKILL and a restart ---------------------------------------
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 async def test_delayed_sends_across_kill_and_restart_run_exactly_once(env: Env) -> None:
     total, n_keys, concurrency = 1000, 50, 50
     kill_after, gated_from = 150, 900  # kill once 150 are accepted; the last 100 wait for the restart

@@ -56,8 +56,11 @@ __all__ = ["crash_deployment"]  # a fixture this module uses, defined (and launc
 PARTITIONS = 64  # `shardgate dev`'s default
 LEASE_TTL_S = PartitionConfig.lease_ttl_ms / 1000  # the workers' default: `shardgate dev` sets none
 ANSWER_BOUND_S = LEASE_TTL_S + 2.0  # the acceptance bound for calls after a worker's SIGKILL
-NAP_MS = 4000  # the suspended sleep: due while (or just after) the killed process is down
-DELAYS_MS = (3000, 9000)  # delayed sends due during the outage and after the restart
+# The batch's timers count from each send; accepting the 192 sends and waiting for the 64 naps to
+# suspend takes 1-4 s depending on the machine, and every nap must still be suspended and every
+# delayed send still scheduled when that is done (then the kill comes).
+NAP_MS = 8000  # the suspended sleep: due while (or just after) the killed process is down
+DELAYS_MS = (6000, 14000)  # delayed sends due during the outage and after the restart
 RESTART_DEADLINE_S = 30.0
 COMPLETION_DEADLINE_S = 45.0
 SENDERS = 4  # concurrent send loops during the Redis outage
@@ -290,7 +293,7 @@ async def call_every_partition(env: Env, probe_keys: list[str], since: float) ->
 # ---- a. SIGKILL of a worker ----------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)  # includes the module's `shardgate dev` start for the first test
 @pytest.mark.parametrize("victim", [0, 1])
 async def test_sigkill_of_a_worker_keeps_serving_and_loses_nothing(env: Env, victim: int) -> None:
     name = f"worker-{victim}"
@@ -362,7 +365,7 @@ async def send_through_outage(env: Env, outage: Outage, sender: int) -> None:
                 outage.done.set()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)  # includes the module's `shardgate dev` start for the first test
 async def test_sigkill_of_redis_restarts_it_and_loses_no_acknowledged_send(env: Env) -> None:
     run = uuid.uuid4().hex[:8]
     batch = await accept_batch(env, f"r-{run}")

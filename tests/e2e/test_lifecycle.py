@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -189,12 +190,15 @@ async def test_kill_of_a_running_call_answers_409_and_unblocks_the_key(env: Env)
 @pytest.mark.timeout(90)
 async def test_cancel_of_a_delayed_send_removes_it(env: Env) -> None:
     cancelled, sentinel = unique("cancelled"), unique("sentinel")
-    status, ack = await env.ingress("POST", "/restate/send/Greet/hello?delay=2s", cancelled)
+    sent_at = time.monotonic()
+    status, ack = await env.ingress("POST", "/restate/send/Greet/hello?delay=6s", cancelled)
     assert status == 202, ack
-    status, later = await env.ingress("POST", "/restate/send/Greet/hello?delay=3s", sentinel)
-    assert status == 202, later
     inv = ack["invocationId"]
     assert await env.admin("PATCH", f"/invocations/{inv}/cancel") == (200, None)
+    assert time.monotonic() - sent_at < 6.0, "the cancel came after the send was due"
+    # Sent after the cancel with a longer delay: due after the cancelled one would have run.
+    status, later = await env.ingress("POST", "/restate/send/Greet/hello?delay=7s", sentinel)
+    assert status == 202, later
     status, body = await env.ingress("GET", f"/restate/output/{inv}")
     assert (status, body["message"]) == (404, "invocation not found")
 
@@ -202,7 +206,7 @@ async def test_cancel_of_a_delayed_send_removes_it(env: Env) -> None:
         return True if env.counter(sentinel) == 1 else None
 
     await poll("the later delayed send to run", DEADLINE_S, sentinel_ran)
-    assert env.counter(cancelled) == 0  # due a second before the sentinel, and never ran
+    assert env.counter(cancelled) == 0  # due before the sentinel, and never ran
     status, body = await env.admin("PATCH", f"/invocations/{inv}/cancel")
     assert (status, body["message"]) == (404, f"The requested invocation '{inv}' does not exist")
 
@@ -228,9 +232,10 @@ async def test_kill_of_a_delayed_send_answers_its_attached_caller_and_removes_it
 @pytest.mark.timeout(90)
 async def test_a_handler_cancelling_its_delayed_send_removes_it(env: Env) -> None:
     cancelled, sentinel = unique("cancelled"), unique("sentinel")
-    status, inv = await env.ingress("POST", "/restate/call/Greet/send_and_cancel", {"name": cancelled, "ms": 2000})
+    status, inv = await env.ingress("POST", "/restate/call/Greet/send_and_cancel", {"name": cancelled, "ms": 5000})
     assert status == 200, inv
-    status, later = await env.ingress("POST", "/restate/send/Greet/hello?delay=3s", sentinel)
+    # Sent after the handler returned with a longer delay: due after the cancelled one would have run.
+    status, later = await env.ingress("POST", "/restate/send/Greet/hello?delay=6s", sentinel)
     assert status == 202, later
 
     async def removed() -> bool | None:
@@ -242,7 +247,7 @@ async def test_a_handler_cancelling_its_delayed_send_removes_it(env: Env) -> Non
         return True if env.counter(sentinel) == 1 else None
 
     await poll("the later delayed send to run", DEADLINE_S, sentinel_ran)
-    assert env.counter(cancelled) == 0  # due a second before the sentinel, and never ran
+    assert env.counter(cancelled) == 0  # due before the sentinel, and never ran
 
 
 @pytest.mark.timeout(90)

@@ -279,5 +279,5 @@ async def test_a_raised_limit_reaches_the_queued_invocations(env: Env) -> None:
     assert body["buckets"][0]["running"] == 1 and body["buckets"][0]["queued"] >= 10, body
     await env.put_rule(scope, 6)
     # every worker polls the rule book every 250 ms; the owner hands the freed slots out at once
-    await poll("the raised limit to start the queued invocations", 3.0, lambda: running(6))
+    await poll("the raised limit to start the queued invocations", DEADLINE_S, lambda: running(6))
     await env.wait_done(tokens)
