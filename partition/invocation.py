@@ -38,6 +38,13 @@ Besides these, one `n:<notification key>` field (value '1') per notification the
 (`c<completion id>`, `s<signal index>`, `n<hex signal name>`): the dedup index and the check
 that a suspension is already satisfied.
 
+At completion with a retention, `apply` END (and `kill`, through `_apply_end.lua` `retain`) writes
+the hash afresh with only what readers of a completed invocation use: `st res exp`, then `svc hdl
+key kind scp lk cret exec rq` as they were (absent ones stay absent). `in` moves to the journal (or
+goes), and `pars att lg wait lerr vqb jr an` and the `n:*` fields go. A new hash rather than HDELs:
+one that ever held a value over Redis's `hash-max-ziplist-value` (the input frame, usually) keeps
+the large encoding: 1,040 B instead of 228 B for a `Greeter/greet` call on Redis 6.2 (docs/lifecycle.md).
+
 Retired field names (`jret`, `ct`, `mt`, `rt`, `idem`, `rc`, `rm`, `rv`) are never reused.
 """
 

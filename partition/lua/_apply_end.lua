@@ -21,19 +21,31 @@ local function retain_journal(journal_ms, retention_ms)
   redis.call('PEXPIRE', KEYS[7], keep_ms)
 end
 
--- Keep the completed invocation for `retention_ms`: its status, result and expiry; the input,
--- the notification index and the (answered) parents go. A workflow keeps its state and
--- promises as long. Returns the expiry (ms).
+-- What a completed invocation keeps besides its status, result and expiry: each field has a
+-- reader of completed invocations (docs/lifecycle.md, "Cost"). Target and kind: /query and the
+-- CLI, purge (a workflow's state), restart-as-new; scope: locating its keys (target_of); `cret`:
+-- /query's completed_at (`exp` - `cret`); `exec` and `rq`: a duplicate's execution time and
+-- whether it re-sends the creating request (accept). Everything else only matters while it runs.
+local completed_fields = {F_SERVICE, F_HANDLER, F_KEY, F_KIND, F_SCOPE, F_LIMIT_KEY, F_COMPLETION_RETENTION,
+                          F_EXECUTION_TIME, F_REQUEST_NONCE}
+
+-- Keep the completed invocation for `retention_ms`, written afresh: status, result and expiry
+-- first, then `completed_fields` (the input, the notification index, the answered parents and the
+-- attempt bookkeeping go). A new hash, not HDELs: a hash that ever held a value over
+-- hash-max-ziplist-value (the input frame, usually) stays a hashtable, three to five times the size.
+-- A workflow keeps its state and promises as long. Returns the expiry (ms).
 local function retain(run, retention_ms, kind)
-  local drop = {F_INPUT, F_PARENTS}
-  for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
-    if string.sub(f, 1, #NOTE_PREFIX) == NOTE_PREFIX then
-      drop[#drop + 1] = f
+  local kept = redis.call('HMGET', KEYS[2], unpack(completed_fields))
+  local exp = tostring(tonumber(run.now) + retention_ms)
+  local record = {F_STATUS, ST_COMPLETED, F_RESULT, run.result, F_EXPIRES, exp}
+  for i, f in ipairs(completed_fields) do
+    if kept[i] then
+      record[#record + 1] = f
+      record[#record + 1] = kept[i]
     end
   end
-  redis.call('HDEL', KEYS[2], unpack(drop))
-  local exp = tostring(tonumber(run.now) + retention_ms)
-  redis.call('HSET', KEYS[2], F_STATUS, ST_COMPLETED, F_RESULT, run.result, F_EXPIRES, exp)
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], unpack(record))
   redis.call('PEXPIRE', KEYS[2], retention_ms)
   if kind == KIND_WORKFLOW then
     redis.call('PEXPIRE', KEYS[6], retention_ms)
