@@ -51,10 +51,18 @@ _COMMAND_OUTCOMES = {
     pb.MANAGE_STATUS_WRONG_STATE: CommandOutcome.WRONG_STATE,
 }
 
-# A command re-sent after a lost answer may find what its first delivery did: that is success.
-_DONE_BEFORE = {
-    (Command.KILL, CommandOutcome.COMPLETED), (Command.CANCEL, CommandOutcome.NOT_FOUND),
-    (Command.PURGE, CommandOutcome.NOT_FOUND), (Command.PAUSE, CommandOutcome.ALREADY),
+# A command re-sent after a lost answer may find what its first delivery did: the answer the first
+# delivery would have given. A cancel's signal may have ended the invocation (202, as a cancel of a
+# running one answers); a kill may have removed a never-started one; a resumed invocation may have
+# run to its end before the re-send arrived.
+_DONE_BEFORE: dict[tuple[Command, CommandOutcome], CommandOutcome] = {
+    (Command.KILL, CommandOutcome.COMPLETED): CommandOutcome.DONE,
+    (Command.KILL, CommandOutcome.NOT_FOUND): CommandOutcome.DONE,
+    (Command.CANCEL, CommandOutcome.NOT_FOUND): CommandOutcome.DONE,
+    (Command.CANCEL, CommandOutcome.COMPLETED): CommandOutcome.APPENDED,
+    (Command.PURGE, CommandOutcome.NOT_FOUND): CommandOutcome.DONE,
+    (Command.PAUSE, CommandOutcome.ALREADY): CommandOutcome.DONE,
+    (Command.RESUME, CommandOutcome.COMPLETED): CommandOutcome.DONE,
 }
 
 
@@ -139,7 +147,9 @@ class GrpcDispatcher:
                         ) from None
                     _counter(method, "reroute").inc()
                     last = _reason(e)
-                    retried = True
+                    # A worker that answered "not the leader" (FAILED_PRECONDITION: fenced or not
+                    # owning) applied nothing; any other re-route may have followed an applied try.
+                    retried = retried or code != grpc.StatusCode.FAILED_PRECONDITION
                     # The deadline bounds the time without a reachable owner, not the call: a call
                     # that ran for minutes before its owner died still gets the whole deadline.
                     deadline = min(deadline + time.monotonic() - sent, latest)
@@ -268,6 +278,6 @@ class GrpcDispatcher:
             outcome = _COMMAND_OUTCOMES.get(resp.status)
             if outcome is None:  # a worker of another version: a listed 503, not a crash
                 raise PartitionUnavailable(f"internal routing error: unknown command status {resp.status}")
-            return CommandOutcome.DONE if retried and (command, outcome) in _DONE_BEFORE else outcome
+            return _DONE_BEFORE.get((command, outcome), outcome) if retried else outcome
 
         return await self._rpc("Manage", partition, go)

@@ -11,6 +11,12 @@ Services
       flaky(name)        exclusive; bumps counter `name` (one per attempt) and fails until the
                          counter file `<name>.ok` exists; its retry policy pauses after 2 attempts.
                          Returns the attempt that succeeded.
+      nap_then_count(req) exclusive; req = {"name", "ms"}: durable sleep of `ms`, then bumps counter
+                         `name` in a ctx.run and returns the count (the side effect of a run that
+                         reached its end; never bumped by an attempt that only replays the sleep).
+      await_word(label)  exclusive (label unused); creates an awakeable, keeps its id in the state
+                         key "awakeable" (stored when the invocation suspends) and returns what
+                         it is resolved with.
   Greet (Service)
       hello(name)        bumps counter `name` and returns "hello <name>".
       send_and_cancel(req)  req = {"name", "ms"}: sends hello(name) with a delay of `ms`, then
@@ -69,6 +75,19 @@ async def flaky(ctx: ObjectContext, name: str) -> int:
     if read_counter(f"{name}.ok") == 0:
         raise RuntimeError(f"failing attempt {attempt}")
     return attempt
+
+
+@job.handler()
+async def nap_then_count(ctx: ObjectContext, req: dict) -> int:
+    await ctx.sleep(timedelta(milliseconds=req["ms"]))
+    return await ctx.run("count", lambda: bump_counter(req["name"]))
+
+
+@job.handler()
+async def await_word(ctx: ObjectContext, label: str) -> str:
+    awakeable_id, word = ctx.awakeable(type_hint=str)
+    ctx.set("awakeable", awakeable_id)
+    return await word
 
 
 @greet.handler()
