@@ -286,12 +286,7 @@ async def test_purge_then_attach_and_output_are_404_and_the_key_runs_again(env: 
     assert await env.ingress("POST", "/restate/call/Greet/hello", name, headers) == (200, f"hello {name}")
     inv = await env.lookup("Greet", None, "hello", ik)
     assert await env.admin("PATCH", f"/invocations/{inv}/purge") == (200, None)
-    status, body = await env.ingress("GET", f"/restate/output/{inv}")
-    assert (status, body["message"]) == (404, "invocation not found")
-    status, body = await env.ingress("GET", f"/restate/attach/{inv}")
-    assert (status, body["message"]) == (404, "not found")
-    assert await env.ingress("POST", "/restate/call/Greet/hello", name, headers) == (200, f"hello {name}")
-    assert env.counter(name) == 2  # the freed idempotency key ran again
+    await _check_purged(env, inv, name, headers)
     status, body = await env.admin("PATCH", f"/invocations/{inv}/purge")
     assert status == 200, body
 
@@ -383,11 +378,8 @@ async def test_malformed_and_unknown_ids_and_methods(env: Env) -> None:
 async def test_command_while_the_partition_owner_is_sigkilled(revive: Env, command: str, status: int,
                                                               message: str, effect: str, timing: str) -> None:
     env = revive
-    key, ik, name = unique("job"), unique("ik"), unique("after")
-    caller = asyncio.ensure_future(env.ingress("POST", f"/restate/call/Job/{key}/hold", 60_000,
-                                               {"idempotency-key": ik}, timeout_s=90))
-    inv = await env.lookup("Job", key, "hold", ik)
-    await env.wait_status(inv, "suspended")
+    key, inv, caller = await _suspended_hold(env)
+    name = unique("after")
 
     async def took_effect() -> bool:  # kill: completed; cancel: the signal appended, woken
         return await env.status_of(inv) == effect
@@ -428,11 +420,7 @@ async def test_removal_of_a_delayed_send_while_the_partition_owner_is_sigkilled(
 
 @pytest.mark.timeout(120)
 async def test_state_edit_while_the_partition_owner_is_sigkilled(env: Env) -> None:
-    key, ik = unique("job"), unique("ik")
-    holder = asyncio.ensure_future(env.ingress("POST", f"/restate/call/Job/{key}/hold", 60_000,
-                                               {"idempotency-key": ik}, timeout_s=90))
-    inv = await env.lookup("Job", key, "hold", ik)
-    await env.wait_status(inv, "suspended")  # holds the key's lock
+    key, inv, holder = await _suspended_hold(env)
     owners = await poll("partition ownership to settle", DEADLINE_S,
                         lambda: partition_owners(env.cluster, env.redis, PARTITIONS))
     p = partition_of(InvocationId.parse(inv).partition_key, PARTITIONS)
@@ -565,6 +553,41 @@ async def _waiting_for(env: Env, inv: str, n: int, baseline: float) -> list[asyn
     return attaches
 
 
+async def _check_purged(env: Env, inv: str, name: str, headers: dict[str, str]) -> None:
+    """After the purge of the completed `Greet/hello(name)` `inv`: output and attach answer 404 and
+    its idempotency key runs the handler again."""
+    status, body = await env.ingress("GET", f"/restate/output/{inv}")
+    assert (status, body["message"]) == (404, "invocation not found")
+    status, body = await env.ingress("GET", f"/restate/attach/{inv}")
+    assert (status, body["message"]) == (404, "not found")
+    assert await env.ingress("POST", "/restate/call/Greet/hello", name, headers) == (200, f"hello {name}")
+    assert env.counter(name) == 2  # the freed idempotency key ran again
+
+
+async def _suspended_hold(env: Env) -> tuple[str, str, asyncio.Future[tuple[int, Any]]]:
+    """A `Job/hold` call (idempotency key, a minute's durable sleep) suspended and holding its key's
+    lock: (key, invocation id, the waiting caller)."""
+    key, ik = unique("job"), unique("ik")
+    caller = asyncio.ensure_future(env.ingress("POST", f"/restate/call/Job/{key}/hold", 60_000,
+                                               {"idempotency-key": ik}, timeout_s=90))
+    inv = await env.lookup("Job", key, "hold", ik)
+    await env.wait_status(inv, "suspended")
+    return key, inv, caller
+
+
+async def _awaiting_word_with_attaches(
+        env: Env) -> tuple[str, str, str, list[asyncio.Future[tuple[int, Any]]]]:
+    """A `Job/await_word` invocation suspended on its awakeable with ATTACHES attaches waiting:
+    (key, invocation id, awakeable id, the attaches)."""
+    key = unique("job")
+    status, ack = await env.ingress("POST", f"/restate/send/Job/{key}/await_word", "w")
+    assert status == 202, ack
+    inv = ack["invocationId"]
+    await env.wait_status(inv, "suspended")
+    awakeable = await _awakeable_of(env, key)
+    return key, inv, awakeable, await _waiting_for(env, inv, ATTACHES, await env.waiting_callers())
+
+
 async def _awakeable_of(env: Env, key: str, other_than: str | None = None) -> str:
     """The awakeable id `Job/await_word` keeps in its key's state (a new one when `other_than`)."""
     state = keys.state(_partition_of_key(key), "Job", key)
@@ -667,12 +690,7 @@ async def test_purge_while_the_partition_owner_is_sigkilled(revive: Env, timing:
     request = env.admin("PATCH", f"/invocations/{inv}/purge")
     assert await _command_killing_owner(env, timing, inv, request, gone) == (200, None)
     assert await _traces_of(env, inv) == []
-    status, body = await env.ingress("GET", f"/restate/output/{inv}")
-    assert (status, body["message"]) == (404, "invocation not found")
-    status, body = await env.ingress("GET", f"/restate/attach/{inv}")
-    assert (status, body["message"]) == (404, "not found")
-    assert await env.ingress("POST", "/restate/call/Greet/hello", name, headers) == (200, f"hello {name}")
-    assert env.counter(name) == 2  # the freed idempotency key ran again
+    await _check_purged(env, inv, name, headers)
 
 
 @pytest.mark.timeout(120)
@@ -726,11 +744,7 @@ async def test_restart_as_new_while_the_partition_owner_is_sigkilled(revive: Env
 
 @pytest.mark.timeout(90)
 async def test_kill_answers_the_caller_and_every_waiting_attach(env: Env) -> None:
-    key, ik = unique("job"), unique("ik")
-    caller = asyncio.ensure_future(env.ingress("POST", f"/restate/call/Job/{key}/hold", 60_000,
-                                               {"idempotency-key": ik}, timeout_s=60))
-    inv = await env.lookup("Job", key, "hold", ik)
-    await env.wait_status(inv, "suspended")
+    key, inv, caller = await _suspended_hold(env)
     attaches = await _waiting_for(env, inv, ATTACHES, await env.waiting_callers())
     assert await env.admin("PATCH", f"/invocations/{inv}/kill") == (200, None)
     answers = await asyncio.wait_for(asyncio.gather(caller, *attaches), DEADLINE_S)
@@ -740,13 +754,7 @@ async def test_kill_answers_the_caller_and_every_waiting_attach(env: Env) -> Non
 
 @pytest.mark.timeout(90)
 async def test_purge_under_concurrent_attaches(env: Env) -> None:
-    key = unique("job")
-    status, ack = await env.ingress("POST", f"/restate/send/Job/{key}/await_word", "w")
-    assert status == 202, ack
-    inv = ack["invocationId"]
-    await env.wait_status(inv, "suspended")
-    awakeable = await _awakeable_of(env, key)
-    attaches = await _waiting_for(env, inv, ATTACHES, await env.waiting_callers())
+    key, inv, awakeable, attaches = await _awaiting_word_with_attaches(env)
     status, body = await env.admin("PATCH", f"/invocations/{inv}/purge")
     assert (status, body["message"]) == (409, f"The invocation '{inv}' is not yet completed.")
     assert not any(a.done() for a in attaches)  # the refused purge left them waiting
@@ -765,13 +773,7 @@ async def test_purge_under_concurrent_attaches(env: Env) -> None:
 
 @pytest.mark.timeout(90)
 async def test_restart_as_new_under_concurrent_attaches(env: Env) -> None:
-    key = unique("job")
-    status, ack = await env.ingress("POST", f"/restate/send/Job/{key}/await_word", "w")
-    assert status == 202, ack
-    inv = ack["invocationId"]
-    await env.wait_status(inv, "suspended")
-    first = await _awakeable_of(env, key)
-    waiting = await _waiting_for(env, inv, ATTACHES, await env.waiting_callers())
+    key, inv, first, waiting = await _awaiting_word_with_attaches(env)
     assert (await env.ingress("POST", f"/restate/awakeables/{first}/resolve", "first"))[0] == 202
     assert await asyncio.wait_for(asyncio.gather(*waiting), DEADLINE_S) == [(200, "first")] * ATTACHES
     racing = [env.ingress("GET", f"/restate/attach/{inv}") for _ in range(ATTACHES)]
