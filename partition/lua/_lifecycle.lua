@@ -8,8 +8,12 @@ local function status_of(inv_key)
 end
 
 -- The head every command shares: the status of invocation KEYS[2], and the reply to give at once
--- when it does not exist or is completed (nil when the command goes on).
+-- when the fence (KEYS[1], ARGV[1]) refuses the write or the invocation does not exist or is
+-- completed (nil when the command goes on).
 local function lifecycle_head()
+  if fenced() then
+    return '', {MANAGE_FENCED}
+  end
   local st = status_of(KEYS[2])
   if st == '' then
     return st, {MANAGE_NOT_FOUND, st}

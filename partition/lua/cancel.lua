@@ -10,9 +10,6 @@
 -- returns {FENCED} | {NOT_FOUND, ''} | {COMPLETED, status}
 --       | {DONE, status found, parents notified}          (never started: removed)
 --       | {APPENDED, status found, woken 1/0, {service, key}}
-if fenced() then
-  return {MANAGE_FENCED}
-end
 local id = ARGV[2]
 local st, refused = lifecycle_head()
 if refused then

@@ -13,9 +13,6 @@
 -- returns {FENCED} | {NOT_FOUND, ''} | {COMPLETED, status}
 --       | {DONE, status found, expires ms or '', next id or '', {next hash}, {next state}, parents notified,
 --          {woken: ids to start (a scoped inbox head; vqueue admissions also have start timers)}}
-if fenced() then
-  return {MANAGE_FENCED}
-end
 local id = ARGV[2]
 local st, refused = lifecycle_head()
 if refused then

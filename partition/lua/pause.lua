@@ -5,9 +5,6 @@
 -- ARGV[1]=fence token ARGV[2]=invocation id
 -- returns {FENCED} | {NOT_FOUND, ''} | {COMPLETED, status} | {ALREADY, status} | {WRONG_STATE, status}
 --       | {DONE, status found}
-if fenced() then
-  return {MANAGE_FENCED}
-end
 local id = ARGV[2]
 local st, refused = lifecycle_head()
 if refused then

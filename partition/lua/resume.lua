@@ -4,9 +4,6 @@
 -- ARGV[1]=fence token ARGV[2]=invocation id
 -- returns {FENCED} | {NOT_FOUND, ''} | {COMPLETED, status} | {ALREADY, status} (invoked)
 --       | {WRONG_STATE, status} (scheduled or inboxed: never started) | {DONE, status found, {service, key}}
-if fenced() then
-  return {MANAGE_FENCED}
-end
 local id = ARGV[2]
 local st, refused = lifecycle_head()
 if refused then

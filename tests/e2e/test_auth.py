@@ -34,7 +34,6 @@ import aiohttp
 import jwt
 import pytest
 import pytest_asyncio
-import redis as redis_py
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -44,6 +43,7 @@ from sgtools.dev import ClusterSpec, DevCluster
 from sgtools.redis_bin import find_redis_server
 from tests.clusters import poll
 from tests.deployments import REPO_ROOT, free_port
+from tests.integration.conftest import wait_for_redis
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
@@ -134,22 +134,6 @@ class Env:
 # ---- fixtures ----------------------------------------------------------------------------------------
 
 
-def _wait_redis(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    client = redis_py.Redis.from_url(url, socket_timeout=1)
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            try:
-                client.ping()
-                return
-            except redis_py.exceptions.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start, see {log_path}") from None
-                time.sleep(0.02)
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def password_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server that requires REDIS_PASSWORD; yields its URL with the password."""
@@ -162,7 +146,7 @@ def password_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                  "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
         url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
         try:
-            _wait_redis(url, proc, log_path)
+            wait_for_redis(url, proc, log_path)
             yield url
         finally:
             proc.terminate()
@@ -489,7 +473,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
                                  "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
         tls = TlsRedis(f"rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}/0", ca_file, client_cert, client_key)
         try:
-            _wait_redis(tls.url_with_options(), proc, log_path)
+            wait_for_redis(tls.url_with_options(), proc, log_path)
             yield tls
         finally:
             proc.terminate()

