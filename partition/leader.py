@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -167,6 +168,7 @@ class PartitionLeader:
         self.waiters = Waiters()
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._rewake: set[str] = set()  # woken while their driver was finishing: resume after it
+        self._accepting: Counter[str] = Counter()  # ids with an accept script in flight: the sweep leaves them be
         # drivers stopped by kill / pause / cancel, until they really ended (a cancellation can be
         # lost), and the ids to resume from storage once they did: no second run beside a zombie
         self._stopping: dict[str, asyncio.Task[None]] = {}
@@ -287,10 +289,15 @@ class PartitionLeader:
             self._rewake.discard(inv_id)
             self.resume(inv_id)
 
-    async def _resume_one(self, inv_id: str, timer_member: str = "", target: Target | None = None) -> None:
+    async def _resume_one(self, inv_id: str, timer_member: str = "", target: Target | None = None,
+                          swept: bool = False) -> None:
         """(Re)start an invocation from its stored record, state and journal. A fired
-        `timer_member` is consumed by `attempt_start`, or settled (fenced) when that is not reached."""
+        `timer_member` is consumed by `attempt_start`, or settled (fenced) when that is not reached.
+        `swept`: found undriven by the sweep, which has nothing to add once a driver (or the accept
+        that starts one) took the id in the meantime."""
         if self.closed:
+            return
+        if swept and (inv_id in self._drivers or inv_id in self._accepting):
             return
         if inv_id in self._drivers:
             # Its driver is finishing an attempt that suspended: it resumes once that is done.
@@ -299,7 +306,7 @@ class PartitionLeader:
                 await self._settle_timer(inv_id, timer_member)
             return
         try:
-            await self._restart(inv_id, timer_member, target)
+            await self._restart(inv_id, timer_member, target, swept)
         except Fenced:
             return
         except Exception:
@@ -322,11 +329,18 @@ class PartitionLeader:
             log.exception("cannot settle timer %s", member, extra={"invocation_id": inv_id,
                                                                    "partition": self.partition})
 
-    async def _restart(self, inv_id: str, timer_member: str, t: Target | None) -> None:
+    async def _restart(self, inv_id: str, timer_member: str, t: Target | None, swept: bool = False) -> None:
         if t is None:
-            t = await self._scripts.target_of(self.partition, inv_id)
-            if t is None:  # it no longer exists: forget it (fenced), timer member included
+            found = await self._scripts.located(self.partition, inv_id)
+            if found is None:  # it no longer exists: forget it (fenced), timer member included
                 await self._scripts.settle(self.partition, inv_id, self.token, timer_member)
+                return
+            t, status = found
+            if swept and (inv_id in self._drivers or inv_id in self._accepting):
+                return  # a driver here started since the sweep read the active set
+            if swept and status is not Status.INVOKED:  # a driver here ended since that read
+                if self.awaited(inv_id):
+                    await self._driver.answer_from_storage(self, t)
                 return
         started = await self._scripts.attempt_start(t, self.token, timer_member, self._clock.now_ms())
         if started.outcome is StartOutcome.INVOKED and started.record is not None:
@@ -398,10 +412,10 @@ class PartitionLeader:
                 self._suspect |= ids
                 delay_s = min(delay_s * 2, SWEEP_INTERVAL_S)
 
-    async def reconcile(self, inv_id: str) -> None:
+    async def reconcile(self, inv_id: str, swept: bool = False) -> None:
         """Make this process's view of `inv_id` match Redis: answer waiters of a completed
-        invocation, drive an invoked one that has no driver here."""
-        if inv_id in self._drivers:
+        invocation, drive an invoked one that has no driver here (`swept`: see `_resume_one`)."""
+        if inv_id in self._drivers or (swept and inv_id in self._accepting):
             return  # its driver answers its waiters
         stored = await self._scripts.result_of(self.partition, inv_id)
         RECONCILED.labels("read").inc()
@@ -413,25 +427,26 @@ class PartitionLeader:
                 self.resolve(inv_id, rpc_result(stored.result, None))
         elif stored.status is Status.INVOKED:
             RECONCILED.labels("resumed").inc()
-            await self._resume_one(inv_id)
+            await self._resume_one(inv_id, swept=swept)
 
     async def sweep(self) -> None:
         """Every invoked id of the partition gets a driver; waiters of completed ones an answer."""
         active = await self._scripts.active_ids(self.partition)
-        undriven = [i for i in active if i not in self._drivers]
+        undriven = [i for i in active if i not in self._drivers and i not in self._accepting]
         if undriven:
             log.info("resuming invocations without a driver", extra={"partition": self.partition,
                                                                      "count": len(undriven)})
             RECONCILED.labels("resumed").inc(len(undriven))
         for inv_id in undriven:
-            self._spawn(self._resume_one(inv_id))
-        waiting = [i for i in self.waiters.ids() if i not in self._drivers and i not in active]
+            self._spawn(self._resume_one(inv_id, swept=True))
+        waiting = [i for i in self.waiters.ids() if i not in self._drivers and i not in active
+                   and i not in self._accepting]
         if waiting:
             limit = asyncio.Semaphore(RECONCILE_CONCURRENCY)
 
             async def one(inv_id: str) -> None:
                 async with limit:
-                    await self.reconcile(inv_id)
+                    await self.reconcile(inv_id, swept=True)
 
             await asyncio.gather(*(one(i) for i in waiting))
 
@@ -500,7 +515,13 @@ class PartitionLeader:
                 record = replace(record, vqueue=found.bucket)
                 limit, rated = found.rule.limits.admission(), found.rule.limits.rate is not None
         t = Target.of(self.partition, inv_id, record)
-        acc = await self._transition(inv_id, self._scripts.accept(t, self.token, record, limit, now_ms, refusable))
+        self._accepting[inv_id] += 1
+        try:
+            acc = await self._transition(inv_id, self._scripts.accept(t, self.token, record, limit, now_ms, refusable))
+        finally:
+            self._accepting[inv_id] -= 1  # no await until start() below: the sweep sees the driver next
+            if not self._accepting[inv_id]:
+                del self._accepting[inv_id]
         if acc.outcome is AcceptOutcome.REJECTED:
             INVOCATIONS.labels("rejected").inc()
             return acc

@@ -585,12 +585,17 @@ class Scripts:
 
     async def target_of(self, partition: int, invocation_id: str) -> Target | None:
         """Where an invocation's keys live, from its hash; None when it does not exist."""
-        svc, key, scope = cast("list[bytes | None]", await self._redis.hmget(
-            keys.invocation(partition, invocation_id), list(TARGET_FIELDS)))
-        if svc is None:
+        found = await self.located(partition, invocation_id)
+        return None if found is None else found[0]
+
+    async def located(self, partition: int, invocation_id: str) -> tuple[Target, Status] | None:
+        """`target_of` and the invocation's status, in one read; None when it does not exist."""
+        svc, key, scope, status = cast("list[bytes | None]", await self._redis.hmget(
+            keys.invocation(partition, invocation_id), [*TARGET_FIELDS, HashField.STATUS.value]))
+        if svc is None or status is None:
             return None
         return Target(partition, invocation_id, svc.decode(), None if key is None else key.decode(),
-                      None if scope is None else scope.decode())
+                      None if scope is None else scope.decode()), Status(status.decode())
 
     async def outbox_ack(self, partition: int, token: str, delivered: list[bytes]) -> bool:
         """Drop these delivered outbox messages (by value); False when fenced."""

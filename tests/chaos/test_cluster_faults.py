@@ -30,6 +30,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from partition import keys
 from sgtools.dev import ClusterSpec, DevCluster, read_log_tail
 from shardgate.routing import read_routes
 from tests.chaos.conftest import SHAPE, Shape, full_only, run_fault
@@ -187,10 +188,18 @@ async def test_worker_sigstop_past_the_lease_ttl(env: Env) -> None:
 async def test_redis_sigkill_and_restart(env: Env) -> None:
     await healed(env)
 
-    async def inject() -> None:
+    async def epochs() -> list[bytes | None]:
+        return list(await env.redis.mget([keys.epoch(p) for p in range(PARTITIONS)]))
+
+    async def inject() -> int | None:
+        """The kill time when a lease lapsed while Redis was down (a fencing epoch moved: the
+        running attempts of that owner could not be stored and run again under the new epoch);
+        None when every owner kept its leases, so any second run is a bug."""
         child = env.cluster.redis
         assert child is not None and child.pid is not None
         old_pid = child.pid
+        before = await epochs()
+        killed_ms = now_ms()
         os.kill(old_pid, signal.SIGKILL)
 
         async def back() -> bool | None:
@@ -203,5 +212,8 @@ async def test_redis_sigkill_and_restart(env: Env) -> None:
 
         await poll("the supervisor to restart Redis", SETTLE_S, back, env.describe)
         await env.settled()
+        moved = [p for p, (b, a) in enumerate(zip(before, await epochs(), strict=True)) if a != b]
+        print(f"Redis SIGKILL: fencing epochs moved on partitions {moved}")
+        return killed_ms if moved else None
 
     await run(env, "Redis SIGKILL + restart", inject)

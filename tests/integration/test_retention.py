@@ -15,6 +15,10 @@ USAGE` for a `Greeter/greet` call as the ingress sends it (docs/lifecycle.md, "C
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter as Tally
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import pytest
@@ -60,14 +64,20 @@ COMPLETED_BOUND_B = 256
 
 
 class CountingRedis(Redis):
-    """A client that counts the scripts it sends (EVALSHA / EVAL): this test's own count, not the
-    shared server's."""
+    """A client that counts the scripts it sends (EVALSHA / EVAL), by transition name once
+    `names` (sha -> name) is filled: this test's own count, not the shared server's."""
 
     scripts_sent = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.names: dict[str, str] = {}
+        self.sent: Tally[str] = Tally()
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if args and str(args[0]).upper() in ("EVALSHA", "EVAL"):
             self.scripts_sent += 1
+            self.sent[self.names.get(str(args[1]), "?")] += 1
         return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
@@ -311,12 +321,14 @@ async def _memory_bytes(redis: Redis, req: spb.InvokeRequest) -> int:
     return total
 
 
-async def test_a_plain_call_keeping_its_journal_costs_two_scripts(redis_url: str, sdk_deployment: str) -> None:
-    """accept + apply: one EVALSHA each, with the journal retained, against a real restate-sdk
-    deployment; the retained journal is the Input and Output commands, and expires on its own."""
+@asynccontextmanager
+async def _greeter_service(redis_url: str, sdk_deployment: str) -> AsyncIterator[tuple[CountingRedis, PartitionService]]:
+    """A partition service in this process (every partition acquired) against a real restate-sdk
+    deployment, on a client that counts its scripts by name."""
     redis = cast(CountingRedis, CountingRedis.from_url(redis_url, socket_timeout=5))
     await redis.flushdb()
     scripts = Scripts(redis)
+    redis.names = {script.sha: name for name, script in scripts._scripts.items()}  # noqa: SLF001
     deployment = Deployment(id="dp_ret", uri=sdk_deployment, protocol_mode="REQUEST_RESPONSE",
                             min_protocol_version=5, max_protocol_version=6)
     greeter = ServiceMeta(name="Greeter", ty=ServiceType.SERVICE, deployment_id=deployment.id,
@@ -325,18 +337,29 @@ async def test_a_plain_call_keeping_its_journal_costs_two_scripts(redis_url: str
     invoker = Invoker(connect_timeout_s=5.0)
     await invoker.start()
     service = PartitionService(redis, scripts, invoker, lambda: schema, 8, 4)
-    calls = [_greet(n, JOURNAL_MS if n != 3 else 0) for n in (1, 2, 3)]
-    for p in {c.partition for c in calls}:
+    for p in range(8):
         tok = await scripts.lease_acquire(keys=[keys.lease(p), keys.epoch(p), keys.route(p)],
                                           args=["w1", 60_000, "127.0.0.1:1"])
         service.on_acquired(p, tok.decode())
     try:
+        yield redis, service
+    finally:
+        await service.shutdown()
+        await invoker.close()
+        await redis.aclose()
+
+
+async def test_a_plain_call_keeping_its_journal_costs_two_scripts(redis_url: str, sdk_deployment: str) -> None:
+    """accept + apply: one EVALSHA each, with the journal retained, against a real restate-sdk
+    deployment; the retained journal is the Input and Output commands, and expires on its own."""
+    async with _greeter_service(redis_url, sdk_deployment) as (redis, service):
+        calls = [_greet(n, JOURNAL_MS if n != 3 else 0) for n in (1, 2, 3)]
         warm = await service.invoke(calls[0])  # loads the scripts (NOSCRIPT fallback) first
         assert warm.result.value == b'"Hello, Ann!"'
-        before = redis.scripts_sent
+        before = Tally(redis.sent)
         resp = await service.invoke(calls[1])
         assert resp.result.value == b'"Hello, Ann!"' and resp.result.failure_code == 0
-        assert redis.scripts_sent - before == 2
+        assert redis.sent - before == Tally({"accept": 1, "apply": 1})
         p, inv = calls[1].partition, calls[1].invocation_id
         journal = await redis.lrange(keys.journal(p, inv), 0, -1)
         assert journal[0] == protocol.input_command(b'"Ann"', list(INGRESS_HEADERS))
@@ -346,10 +369,35 @@ async def test_a_plain_call_keeping_its_journal_costs_two_scripts(redis_url: str
         print(f"MEMORY USAGE of a completed Greeter/greet call: {without} B without its journal, "
               f"{with_journal} B with it")
         assert without <= COMPLETED_BOUND_B < with_journal
-    finally:
-        await service.shutdown()
-        await invoker.close()
-        await redis.aclose()
+
+
+async def test_a_sweep_racing_calls_adds_no_attempt(redis_url: str, sdk_deployment: str) -> None:
+    """The leader's sweep (every invoked id without a driver gets one) run over and over while
+    calls are accepted: an id whose accept is in flight, or whose driver started after the sweep
+    read the active set, is not resumed a second time (no extra attempt_start), and each call
+    still costs exactly accept + apply."""
+    async with _greeter_service(redis_url, sdk_deployment) as (redis, service):
+        calls = [_greet(n, 0) for n in range(10, 50)]
+        assert (await service.invoke(calls[0])).result.value == b'"Hello, Ann!"'
+        before = Tally(redis.sent)
+        done = asyncio.Event()
+
+        async def sweeping() -> int:
+            passes = 0
+            while not done.is_set():
+                await asyncio.gather(*(service.leader(p).sweep() for p in range(8)))
+                passes += 1
+            return passes
+
+        sweeper = asyncio.create_task(sweeping())
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(service.invoke(c) for c in calls[1:])), 30)
+        finally:
+            done.set()
+            passes = await asyncio.wait_for(sweeper, 10)
+        assert all(a.result.value == b'"Hello, Ann!"' for a in answers)
+        assert passes > 1
+        assert redis.sent - before == Tally({"accept": len(calls) - 1, "apply": len(calls) - 1})
 
 
 def test_restart_as_new_reads_the_fields_the_partition_writes() -> None:
