@@ -258,3 +258,32 @@ async def test_sys_schedule_lists_every_schedule(redis: Redis, admin: str) -> No
     assert nxt == [{"next_fire_at": iso_ms(next_fire(parse_definition("nightly", {
         "cron": "0 3 * * *", "timezone": "Europe/Berlin", "target": {"service": "Greeter", "handler": "greet"}}),
         NOW_MS) or 0)}]
+
+
+async def _post_headers(url: str, sql: str, accept: str) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{url}/v4/query", json={"query": sql}, headers={"accept": accept},
+            timeout=aiohttp.ClientTimeout(total=30)) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+@pytest.mark.parametrize("accept", ["application/json", "*/*"])
+async def test_a_large_answer_is_streamed_batch_by_batch(admin: str, accept: str) -> None:
+    """An answer of many record batches goes out chunked (no length: it is not held whole) and
+    arrives complete and in order; a one-batch answer keeps its Content-Length."""
+    status, headers, body = await _post_headers(admin, "SELECT value * 2 AS v FROM range(50000)", accept)
+    assert status == 200, body
+    assert "Content-Length" not in headers and headers.get("Transfer-Encoding") == "chunked"
+    if accept == "application/json":
+        got = [row["v"] for row in json.loads(body)["rows"]]
+    else:
+        got = pa.ipc.open_stream(body).read_all().column("v").to_pylist()
+    assert got == [2 * i for i in range(50000)]
+    status, headers, body = await _post_headers(admin, "SELECT value FROM range(3)", accept)
+    assert status == 200 and int(headers["Content-Length"]) == len(body) > 0
+    status, headers, body = await _post_headers(admin, "SELECT value FROM range(0)", accept)
+    assert status == 200 and int(headers["Content-Length"]) == len(body)
+    if accept == "application/json":
+        assert json.loads(body) == {"rows": []}
+    else:
+        assert pa.ipc.open_stream(body).read_all().num_rows == 0

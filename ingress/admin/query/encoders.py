@@ -9,7 +9,7 @@ end-of-stream marker, as `application/vnd.apache.arrow.stream`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,7 +38,7 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def json_rows(batches: list[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
+def json_rows(batches: Iterable[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
     """Each row as a JSON object (NULLs left out); duplicate column names keep the last value."""
     for batch in batches:
         names = batch.schema.names
@@ -47,8 +47,32 @@ def json_rows(batches: list[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
             yield {n: json_value(c[i]) for n, c in zip(names, columns, strict=True) if c[i] is not None}
 
 
+JSON_HEAD, JSON_TAIL = b'{"rows":[', b"]}"
+
+
+def json_chunk(batch: pa.RecordBatch, first: bool) -> bytes:
+    """The rows of one batch as a piece of the `{"rows":[...]}` array (`first`: no leading comma)."""
+    rows = [json.dumps(row, separators=(",", ":")) for row in json_rows([batch])]
+    if not rows:
+        return b""
+    return (b"" if first else b",") + ",".join(rows).encode()
+
+
 def json_body(batches: list[pa.RecordBatch]) -> bytes:
     return json.dumps({"rows": list(json_rows(batches))}, separators=(",", ":")).encode()
+
+
+def arrow_schema_message(schema: pa.Schema) -> bytes:
+    """The first message of an Arrow IPC stream (the schema)."""
+    return bytes(schema.serialize().to_pybytes())
+
+
+def arrow_batch_message(batch: pa.RecordBatch) -> bytes:
+    """One record batch as an Arrow IPC stream message (after the schema message)."""
+    return bytes(batch.serialize().to_pybytes())
+
+
+ARROW_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # the end-of-stream marker (continuation, length 0)
 
 
 def arrow_body(schema: pa.Schema, batches: list[pa.RecordBatch]) -> bytes:

@@ -5,13 +5,18 @@
    statements are refused the same way.
 2. Read what the optimized plan scans (`pushdown.scans_of`), with its constraints pushed into the
    reads (`tables.build_table`).
-3. Execute the statement again over those tables, off the event loop.
+3. Execute the statement again over those tables, off the event loop, as a stream of record
+   batches (`QueryStream`): the first batch is computed before anything is answered, so an error
+   of the statement is still a 400; the others are pulled one at a time while the answer is
+   written, so a large result is never held whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa  # type: ignore[import-untyped]
 from datafusion import SessionConfig, SessionContext, SQLOptions
@@ -29,10 +34,27 @@ class QueryError(ValueError):
     """The statement cannot be planned or run (a client error); the message is DataFusion's."""
 
 
-@dataclass(frozen=True, slots=True)
-class QueryResult:
+@dataclass(slots=True)
+class QueryStream:
+    """The answer of one statement: its schema and its record batches, pulled as they are read."""
+
     schema: pa.Schema
-    batches: list[pa.RecordBatch]
+    head: list[pa.RecordBatch]  # computed before answering (at most HEAD_BATCHES)
+    rest: Any  # the datafusion.RecordBatchStream after `head`; None when `head` is all of it
+
+    async def batches(self) -> AsyncIterator[pa.RecordBatch]:
+        """Every batch, each later one computed off the event loop. Raises `QueryError`."""
+        for batch in self.head:
+            yield batch
+        while self.rest is not None:
+            batch = await asyncio.to_thread(_next_batch, self.rest)
+            if batch is None:
+                self.rest = None
+                return
+            yield batch
+
+
+HEAD_BATCHES = 2  # a statement whose answer fits in one batch is answered whole, with its length
 
 
 def _context(tables: dict[str, pa.Table]) -> SessionContext:
@@ -59,17 +81,34 @@ def plan(sql: str) -> dict[str, Scan]:
         raise QueryError(_message(exc)) from None
 
 
-def _execute(sql: str, tables: dict[str, pa.Table]) -> QueryResult:
+def _next_batch(stream: Any) -> pa.RecordBatch | None:
+    """The stream's next batch as a pyarrow one; None at its end. Raises `QueryError`."""
     try:
-        df = _context(tables).sql_with_options(sql, _READ_ONLY)
-        batches = df.collect()
-        return QueryResult(df.schema(), batches)
+        return next(stream).to_pyarrow()
+    except StopIteration:
+        return None
     except Exception as exc:  # noqa: BLE001  DataFusion raises plain Exception
         raise QueryError(_message(exc)) from None
 
 
-async def run_query(store: QueryStore, snapshot: SchemaSnapshot, sql: str) -> QueryResult:
-    """The answer to `sql`. Raises `QueryError` (the statement's fault) and `redis.RedisError`."""
+def _execute(sql: str, tables: dict[str, pa.Table]) -> QueryStream:
+    """Start executing `sql` and compute its first batches. Raises `QueryError`."""
+    try:
+        df = _context(tables).sql_with_options(sql, _READ_ONLY)
+        schema, stream = df.schema(), df.execute_stream()
+    except Exception as exc:  # noqa: BLE001  DataFusion raises plain Exception
+        raise QueryError(_message(exc)) from None
+    head: list[pa.RecordBatch] = []
+    while len(head) < HEAD_BATCHES:
+        batch = _next_batch(stream)
+        if batch is None:
+            return QueryStream(schema, head, None)
+        head.append(batch)
+    return QueryStream(schema, head, stream)
+
+
+async def run_query(store: QueryStore, snapshot: SchemaSnapshot, sql: str) -> QueryStream:
+    """The answer to `sql`, started. Raises `QueryError` (the statement's fault) and `redis.RedisError`."""
     scans = plan(sql)
     wanted = [name for name in scans if name in SCHEMAS]
     built = await asyncio.gather(*(build_table(store, snapshot, name, scans[name]) for name in wanted))
