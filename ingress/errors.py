@@ -94,6 +94,17 @@ class ScopeLimited(IngressError):
         self.retry_after_s = retry_after_s
 
 
+class PartitionBusy(IngressError):
+    """The partition's worker refused a call before storing anything: every invocation it can hold
+    in memory is taken and its backlog bound is reached (docs/operations.md, "Bounded memory").
+    Retrying after `retry_after_s` is safe; sends are still accepted."""
+
+    def __init__(self, message: str = "too many requests: the partition is too busy. Retry later.", *,
+                 retry_after_s: float = 1.0, invocation_id: str | None = None) -> None:
+        super().__init__(message, invocation_id=invocation_id)
+        self.retry_after_s = retry_after_s
+
+
 class OutputNotSupported(BadRequest):
     """Output/attach is not possible for this invocation (no retained completion)."""
 
@@ -190,6 +201,7 @@ HTTP_STATUS: dict[type[IngressError], int] = {
     UnprocessableEntity: 422,
     Overloaded: 429,
     ScopeLimited: 429,
+    PartitionBusy: 429,
     InvocationNotReady: 470,
     InternalError: 500,
     Unauthorized: 401,

@@ -21,8 +21,22 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from ingress.dispatcher import Command, CommandOutcome, InvocationRequest, Outcome, SendReceipt, SendStatus
-from ingress.errors import InvocationNotFound, InvocationNotReady, PartitionUnavailable, ScopeLimited
+from ingress.dispatcher import (
+    Command,
+    CommandOutcome,
+    InvocationRequest,
+    Outcome,
+    RestartRequest,
+    SendReceipt,
+    SendStatus,
+)
+from ingress.errors import (
+    InvocationNotFound,
+    InvocationNotReady,
+    PartitionBusy,
+    PartitionUnavailable,
+    ScopeLimited,
+)
 from ingress.metrics import PARTITION_RPCS
 from ingress.stream import InvokeStream, StreamItemError, StreamUnsupported
 from sgproto.partition.v1 import partition_service_pb2 as pb
@@ -39,6 +53,9 @@ _REROUTE = {
     grpc.StatusCode.CANCELLED,  # worker shut down while we waited
 }
 
+BUSY_RETRY_AFTER_S = 1.0
+"""Retry-After of a call a saturated worker refused (RESOURCE_EXHAUSTED: nothing was stored)."""
+
 _COMMANDS = {
     Command.CANCEL: pb.MANAGE_COMMAND_CANCEL, Command.KILL: pb.MANAGE_COMMAND_KILL,
     Command.PURGE: pb.MANAGE_COMMAND_PURGE, Command.PURGE_JOURNAL: pb.MANAGE_COMMAND_PURGE_JOURNAL,
@@ -48,7 +65,9 @@ _COMMAND_OUTCOMES = {
     pb.MANAGE_STATUS_DONE: CommandOutcome.DONE, pb.MANAGE_STATUS_APPENDED: CommandOutcome.APPENDED,
     pb.MANAGE_STATUS_ALREADY: CommandOutcome.ALREADY, pb.MANAGE_STATUS_NOT_FOUND: CommandOutcome.NOT_FOUND,
     pb.MANAGE_STATUS_COMPLETED: CommandOutcome.COMPLETED, pb.MANAGE_STATUS_NOT_COMPLETED: CommandOutcome.NOT_COMPLETED,
-    pb.MANAGE_STATUS_WRONG_STATE: CommandOutcome.WRONG_STATE,
+    pb.MANAGE_STATUS_WRONG_STATE: CommandOutcome.WRONG_STATE, pb.MANAGE_STATUS_UNSUPPORTED: CommandOutcome.UNSUPPORTED,
+    pb.MANAGE_STATUS_MISSING_INPUT: CommandOutcome.MISSING_INPUT,
+    pb.MANAGE_STATUS_COPY_RANGE_INVALID: CommandOutcome.COPY_RANGE_INVALID,
 }
 
 # A command re-sent after a lost answer may find what its first delivery did: the answer the first
@@ -138,6 +157,9 @@ class GrpcDispatcher:
                     if code == grpc.StatusCode.NOT_FOUND:
                         _counter(method, "not_found").inc()
                         raise InvocationNotFound("invocation not found") from None
+                    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        _counter(method, "busy").inc()
+                        raise PartitionBusy(retry_after_s=BUSY_RETRY_AFTER_S) from None
                     if code not in _REROUTE:
                         _counter(method, "error").inc()
                         log.warning("partition RPC %s failed: %s %s", method, code.name, e.details())
@@ -202,6 +224,7 @@ class GrpcDispatcher:
             msg.key = req.key
         if req.idempotency_key is not None:
             msg.idempotency_key = req.idempotency_key
+            msg.idempotency_key_generated = req.idempotency_key_generated
         if req.execution_time_ms is not None:
             msg.execution_time_ms = req.execution_time_ms
         if req.scope is not None:
@@ -213,7 +236,9 @@ class GrpcDispatcher:
     async def call(self, req: InvocationRequest) -> Outcome:
         msg = self._invoke_request(req, True)
         # A re-send of this call after a failover attaches (a workflow run is not "already invoked").
-        msg.request_nonce = os.urandom(8)
+        # A generated idempotency key is itself unique to this request: no nonce needed.
+        if not req.idempotency_key_generated:
+            msg.request_nonce = os.urandom(8)
 
         async def go(stub: pb_grpc.PartitionServiceStub, _: bool) -> Outcome:
             resp = await self._invoke(stub, msg, self._call_timeout_s)
@@ -226,7 +251,9 @@ class GrpcDispatcher:
         msg = self._invoke_request(req, False)
         # The worker keeps the nonce with the invocation it creates, so a re-send of this very
         # request after a lost answer is told Accepted, and any other duplicate PreviouslyAccepted.
-        msg.request_nonce = os.urandom(8)
+        # Only this request knows a key the ingress generated: any duplicate of it is a re-send.
+        if not req.idempotency_key_generated:
+            msg.request_nonce = os.urandom(8)
 
         async def go(stub: pb_grpc.PartitionServiceStub, _: bool) -> SendReceipt:
             resp = await self._invoke(stub, msg, self._rpc_timeout_s)
@@ -270,8 +297,26 @@ class GrpcDispatcher:
 
         await self._rpc("Deliver", partition, go)
 
-    async def manage(self, invocation_id: str, partition: int, command: Command) -> CommandOutcome:
-        msg = pb.ManageRequest(partition=partition, invocation_id=invocation_id, command=_COMMANDS[command])
+    async def restart_as_new(self, req: RestartRequest) -> CommandOutcome:
+        msg = pb.ManageRequest(partition=req.partition, invocation_id=req.invocation_id,
+                               command=pb.MANAGE_COMMAND_RESTART_AS_NEW, restart_from=req.from_index,
+                               new_invocation_id=req.new_invocation_id, deployment_id=req.deployment_id,
+                               completion_retention_ms=req.completion_retention_ms,
+                               journal_retention_ms=req.journal_retention_ms)
+
+        async def go(stub: pb_grpc.PartitionServiceStub, retried: bool) -> CommandOutcome:
+            resp = cast(pb.ManageResponse, await stub.Manage(msg, timeout=self._rpc_timeout_s))
+            outcome = _COMMAND_OUTCOMES.get(resp.status)
+            if outcome is None:
+                raise PartitionUnavailable(f"internal routing error: unknown command status {resp.status}")
+            return outcome  # a re-send finds the new invocation: DONE again
+
+        return await self._rpc("Manage", req.partition, go)
+
+    async def manage(self, invocation_id: str, partition: int, command: Command,
+                     deployment_id: str = "") -> CommandOutcome:
+        msg = pb.ManageRequest(partition=partition, invocation_id=invocation_id, command=_COMMANDS[command],
+                               deployment_id=deployment_id)
 
         async def go(stub: pb_grpc.PartitionServiceStub, retried: bool) -> CommandOutcome:
             resp = cast(pb.ManageResponse, await stub.Manage(msg, timeout=self._rpc_timeout_s))

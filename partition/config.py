@@ -38,6 +38,13 @@ class PartitionConfig:
     """TCP connect timeout towards deployments (SHARDGATE_DEPLOYMENT_CONNECT_TIMEOUT_S)."""
     max_concurrent_invocations: int = 10000
     """In-flight attempts per worker; more wait for a slot (SHARDGATE_MAX_CONCURRENT_INVOCATIONS)."""
+    ready_invocations: int = 1000
+    """Invocations held in memory (record, state, journal) beyond the running ones, ready to start as
+    a slot frees up; more wait in Redis and are read back in turn (SHARDGATE_READY_INVOCATIONS)."""
+    max_backlog_invocations: int = 10000
+    """Invoked invocations waiting in Redis for room whose ids the worker queues (acceptance order);
+    at this many, new calls are refused with 429 + Retry-After before anything is stored (sends are
+    still accepted and wait in Redis, found by the sweep) (SHARDGATE_MAX_BACKLOG_INVOCATIONS)."""
     drain_grace_s: float = 3.0
     """On SIGTERM, how long running attempts get to record their transition before the partitions
     are handed back; shorter than the lease TTL and than Kubernetes' termination grace
@@ -74,6 +81,8 @@ class PartitionConfig:
             max_concurrent_invocations=env_int(
                 env, "MAX_CONCURRENT_INVOCATIONS", cls.max_concurrent_invocations, minimum=1
             ),
+            ready_invocations=env_int(env, "READY_INVOCATIONS", cls.ready_invocations, minimum=0),
+            max_backlog_invocations=env_int(env, "MAX_BACKLOG_INVOCATIONS", cls.max_backlog_invocations, minimum=0),
             redis_timeout_s=env_float(env, "REDIS_TIMEOUT_S", cls.redis_timeout_s),
             drain_grace_s=env_float(env, "DRAIN_GRACE_S", cls.drain_grace_s),
             max_protocol_version=_protocol_version(env_int(env, "MAX_PROTOCOL_VERSION", cls.max_protocol_version)),

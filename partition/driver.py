@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,9 +30,9 @@ from partition.effects import (
     without_journal,
 )
 from partition.errors import DeploymentError, Fenced
-from partition.invocation import InvocationRecord, Result, Status, rpc_result
-from partition.invoker import AttemptInput, Invoker
-from partition.metrics import IN_FLIGHT, INVOCATIONS
+from partition.invocation import InvocationRecord, PinnedDeployment, Result, Status, rpc_result
+from partition.invoker import AttemptInput, Invoker, negotiate
+from partition.metrics import HELD_INVOCATIONS, IN_FLIGHT, INVOCATIONS, WAITING_INVOCATIONS
 from partition.retry import FailureAction, after_failure, policy_for
 from partition.scripts import Applied, Scripts, Target
 from partition.transition import ApplyOutcome, AttemptFailed, End, Op, Suspend, Terminal, TerminalKind
@@ -39,7 +40,7 @@ from sgproto.partition.v1 import partition_service_pb2 as pb
 from sgproto.protocol.v1 import protocol_pb2 as protocol_pb
 from shardgate.clock import SYSTEM_CLOCK, Clock
 from shardgate.protocol import Frame
-from shardgate.schema import SchemaSnapshot, ServiceMeta, effective_settings
+from shardgate.schema import Deployment, SchemaSnapshot, ServiceMeta, effective_settings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,17 @@ APPLY_RETRY_MIN_S = 0.05
 APPLY_RETRY_MAX_S = 1.0
 """Back-off of an `apply` retried while Redis cannot be reached."""
 MAX_IDLE_RESUMES = 3
+MAX_LOADING = 64
+"""Resumes reading an invocation (record, state, journal) from Redis at once, worker-wide: each
+holds a pooled Redis connection, and a flood of them (a sweep after a failover with a backlog)
+must leave the pool to the lease renewals and the attempts' transitions."""
 MAX_FAILURE_MESSAGE = 2000
+# Restate's InvokerError::UnknownDeployment (RT0011): the attempt backs off and is retried.
+PINNED_DEPLOYMENT_GONE = (
+    "the invocation has a deployment id associated, but it was not found in the registry. This might indicate "
+    "that a deployment was forcefully removed from the registry, but there are still in-flight invocations "
+    "pinned to it"
+)
 
 
 @dataclass(slots=True)
@@ -60,6 +71,7 @@ class Run:
     state: dict[bytes, bytes]
     journal: list[bytes]
     idle_resumes: int = 0  # consecutive RESUMEs whose attempt stored nothing new
+    attempt_pin: PinnedDeployment | None = None  # the deployment an unpinned invocation's attempt went to
 
 
 def _target(partition: int, inv_id: str, record: InvocationRecord) -> Target:
@@ -88,6 +100,8 @@ def _attempt_input(run: Run, meta: ServiceMeta, now: int) -> AttemptInput:
         # Request-response: the request body is closed at once, so the inactivity timeout
         # (which would ask the SDK to suspend) runs out first, then the abort timeout.
         attempt_timeout_s=settings.attempt_timeout_ms / 1000,
+        random_seed=rec.random_seed,
+        protocol_version=rec.pinned_protocol_version if rec.pinned_deployment_id is not None else None,
     )
 
 
@@ -113,6 +127,38 @@ class Lead(Protocol):
         """(Re)start an invocation from storage."""
 
 
+class Backlogged(Protocol):
+    """A leader with invocations that wait in Redis for room in this worker's memory."""
+
+    closed: bool
+
+    def start_waiting(self, room: Room) -> bool:
+        """Start the oldest invocation waiting here under `room` (it releases the room when its
+        driver ends); False, the room unused, when none waits here any more."""
+
+
+class Room:
+    """Room for one invocation in this worker's memory: its driver task and its `Run` (record,
+    state, journal), taken from `Driver.admit`. Released once, when the task ended (or at once
+    when nothing came to use it); `kept` once a driver task owns it."""
+
+    __slots__ = ("_on_release", "kept")
+
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self._on_release: Callable[[], None] | None = on_release
+        self.kept = False
+
+    def release(self) -> None:
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
+
+    def drop(self) -> None:
+        """Release it unless a driver task kept it (that task releases it when it ends)."""
+        if not self.kept:
+            self.release()
+
+
 class LeaseCheck(Protocol):
     """Partition leases as this worker's clock sees them (`partition.leases.Ownership`)."""
 
@@ -126,15 +172,31 @@ class OutcomeStored(Exception):
 
 
 class Driver:
-    """Runs attempts for every partition leader of this worker, at most `max_concurrent` at once."""
+    """Runs attempts for every partition leader of this worker, at most `max_concurrent` at once.
+
+    Admission (`admit`): at most `max_concurrent + ready` invocations are held in memory (a driver
+    task and its `Run`); the ones beyond wait in Redis (invoked, in their partition's active set)
+    and their leaders queue their ids, at most `max_backlog` for the worker, in acceptance order.
+    A freed room goes to the leader that waited longest (`start_waiting`), so partitions take
+    turns; `saturated` (every room taken and `max_backlog` ids waiting, or more beyond the queue)
+    refuses new calls."""
 
     def __init__(self, scripts: Scripts, invoker: Invoker, schema: Callable[[], SchemaSnapshot],
-                 partitions: int, max_concurrent: int, clock: Clock = SYSTEM_CLOCK) -> None:
+                 partitions: int, max_concurrent: int, clock: Clock = SYSTEM_CLOCK, *,
+                 ready: int = 1000, max_backlog: int = 10_000) -> None:
         self._scripts = scripts
         self._invoker = invoker
         self._schema = schema
         self._partitions = partitions
         self._slots = asyncio.Semaphore(max_concurrent)
+        self.max_held = max_concurrent + ready
+        self.max_backlog = max_backlog
+        self.held = 0  # Rooms taken: driver tasks (and resumes about to start one)
+        self.waiting = 0  # ids the leaders queue for a room (more may wait in Redis only)
+        self._backlogged: OrderedDict[Backlogged, None] = OrderedDict()  # leaders with waiting ids, oldest first
+        self._offering = False
+        self._overflowing: set[Backlogged] = set()  # leaders with waiting ids beyond the queue (in Redis only)
+        self.loading = asyncio.Semaphore(MAX_LOADING)  # resumes reading from Redis (`PartitionLeader._restart`)
         self._clock = clock
         self._admitting = asyncio.Event()  # cleared by quiesce(): no new step starts
         self._admitting.set()
@@ -153,6 +215,70 @@ class Driver:
     @property
     def partitions(self) -> int:
         return self._partitions
+
+    # ---- admission ---------------------------------------------------------------------------
+    def admit(self) -> Room | None:
+        """Room for one more invocation in memory, or None: every room is taken, or invocations
+        wait for one already (they go first). An in-memory check: no Redis, no task."""
+        if self.held >= self.max_held or self._backlogged:
+            return None
+        return self._take()
+
+    def _take(self) -> Room:
+        self.held += 1
+        HELD_INVOCATIONS.set(self.held)
+        return Room(self._released)
+
+    def _released(self) -> None:
+        self.held -= 1
+        HELD_INVOCATIONS.set(self.held)
+        self._offer()
+
+    def _offer(self) -> None:
+        """Hand free rooms to the leaders that wait for one, longest waiting first (a leader that
+        still has waiting ids queues itself again, at the end)."""
+        if self._offering:  # called back from a start_waiting below: the loop goes on
+            return
+        self._offering = True
+        try:
+            while self.held < self.max_held and self._backlogged:
+                lead, _ = self._backlogged.popitem(last=False)
+                room = self._take()
+                if not lead.start_waiting(room):
+                    room.release()
+        finally:
+            self._offering = False
+
+    def wait_for_room(self, lead: Backlogged) -> None:
+        """`lead` has invocations waiting for a room: offer it the next free one (in turn)."""
+        if lead not in self._backlogged:
+            self._backlogged[lead] = None
+        self._offer()
+
+    def can_queue(self) -> bool:
+        """May a leader queue one more waiting id (else it waits in Redis only, for the sweep)?"""
+        return self.waiting < self.max_backlog
+
+    def queued(self, delta: int) -> None:
+        """A leader queued (+) or dequeued (-) waiting ids."""
+        self.waiting += delta
+        WAITING_INVOCATIONS.set(self.waiting)
+
+    def overflowing(self, lead: Backlogged, overflow: bool) -> None:
+        """`lead` has (or no longer has) waiting ids that only its active set holds."""
+        if overflow:
+            self._overflowing.add(lead)
+        else:
+            self._overflowing.discard(lead)
+
+    def saturated(self) -> bool:
+        """Every room taken and at least `max_backlog` invocations waiting (queued, or beyond the
+        queue in Redis): new calls are refused (a call would wait behind them all); sends are still
+        accepted (they wait in Redis)."""
+        if self.held < self.max_held:
+            return False
+        self._overflowing = {lead for lead in self._overflowing if not lead.closed}  # a lost partition's go
+        return self.waiting >= self.max_backlog or bool(self._overflowing)
 
     def quiesce(self) -> None:
         """Start no new attempt from now on (a graceful stop); the running ones go on to their
@@ -207,6 +333,8 @@ class Driver:
         replayed = len(run.journal)
         t = run.target
         applied = await self._apply(run, replayed, _terminal(plan), new_att, plan.ops)
+        if plan.grew and run.attempt_pin is not None:  # apply stored the pin with the first entry
+            run.record, run.attempt_pin = run.record.pinned_to(run.attempt_pin), None
         self._after_apply(lead, plan, applied)
         if applied.outcome is ApplyOutcome.COMPLETED:
             assert plan.result is not None
@@ -230,7 +358,7 @@ class Driver:
         while True:
             try:
                 applied = await self._scripts.apply(run.target, run.token, self._clock.now_ms(), replayed, terminal,
-                                                    attempts, ops)
+                                                    attempts, ops, run.attempt_pin)
             except (RedisConnectionError, RedisTimeoutError) as e:
                 log.warning("cannot store an attempt's outcome (%s); retrying in %.2f s", e, delay_s,
                             extra={"invocation_id": run.target.invocation_id, "partition": run.target.partition})
@@ -291,9 +419,11 @@ class Driver:
         """Run one attempt and plan its transition; (None, reason) when it failed before any plan."""
         t = run.target
         meta = snapshot.services.get(t.service)
-        deployment = snapshot.deployments.get(meta.deployment_id) if meta else None
-        if meta is None or deployment is None:
+        if meta is None:
             return None, f"service {t.service!r} is not registered"
+        deployment, reason = self._deployment(run, meta, snapshot)
+        if deployment is None:
+            return None, reason
         inp = _attempt_input(run, meta, self._clock.now_ms())
         async with self._slots:
             # A freeze (SIGSTOP, a VM pause) may have outlived the lease, and another worker may
@@ -309,6 +439,25 @@ class Driver:
             finally:
                 IN_FLIGHT.dec()
         return self._plan(run, snapshot, frames)
+
+    def _deployment(self, run: Run, meta: ServiceMeta, snapshot: SchemaSnapshot) -> tuple[Deployment | None, str]:
+        """Where the next attempt goes (Restate's invoker): the pinned deployment even when a newer
+        one of the service is registered, else the service's latest, which this attempt pins if it
+        stores an entry (`run.attempt_pin`); (None, reason) when there is none."""
+        run.attempt_pin = None
+        pinned = run.record.pinned_deployment_id
+        if pinned is not None:
+            found = snapshot.deployments.get(pinned)
+            return (found, "") if found is not None else (None, PINNED_DEPLOYMENT_GONE)
+        latest = snapshot.deployments.get(meta.deployment_id)
+        if latest is None:
+            return None, f"service {meta.name!r} is not registered"
+        try:
+            version = negotiate(latest, self._invoker.max_protocol_version)
+        except DeploymentError as e:
+            return None, str(e)
+        run.attempt_pin = PinnedDeployment(latest.id, version)
+        return latest, ""
 
     def _plan(self, run: Run, snapshot: SchemaSnapshot, frames: list[Frame]) -> tuple[AttemptPlan | None, str]:
         """Plan an attempt's frames into one transition; keeps the state it wrote unless it failed."""

@@ -296,6 +296,7 @@ class _Planner:
             service=svc_name, handler=handler_name, body=msg.parameter,
             kind=HandlerKind.of_handler(handler.ty).to_proto(),
             headers=[spb.Header(key=h.key, value=h.value) for h in msg.headers],
+            invoked_by=f"{self.ctx.invocation_id}|{self.ctx.service}",
         )
         req.completion_retention_ms, req.journal_retention_ms = _child_retention_ms(meta, handler, idem)
         if key is not None:

@@ -38,6 +38,17 @@ class InvocationNotFound(PartitionError):
         self.invocation_id = invocation_id
 
 
+class WorkerBusy(PartitionError):
+    """The worker is saturated (every room taken and its backlog bound reached, `Driver.saturated`):
+    a new call is refused before anything is stored, so retrying it later is safe. The ingress
+    answers 429 with Retry-After."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self) -> None:
+        super().__init__("partition worker too busy, retry later")
+
+
 class DeploymentError(Exception):
     """An attempt against a deployment failed in a retryable way (transport, HTTP, protocol)."""
 

@@ -33,6 +33,11 @@ is its typed form; `to_fields()` / `from_fields()` is the only codec (`FIELDS` i
 | vqb | vqueue | text | the concurrency bucket it counts against ('' = unlimited) | accept | attempt_start, apply END, kill, cancel (slot) |
 | jr | journal_retention_ms | int? | how long the journal (input first) is kept after completion, at most `cret` (absent: dropped) | accept | apply END, kill |
 | an | apply_nonce | bytes | nonce of the last SUSPEND apply (a retry after a lost reply is not applied twice) | apply SUSPEND | apply |
+| dp | pinned_deployment_id | text? | the deployment every attempt goes to, pinned by the first attempt that stored an entry | apply (first entry), resume (re-pin), accept (restart-as-new) | driver (attempt), resume, restart-as-new, /query |
+| pv | pinned_protocol_version | int? | the service protocol version negotiated with it when pinned | apply (with `dp`) | resume and restart-as-new (compatibility), /query |
+| sd | random_seed | int? | the random seed every attempt gets (absent: derived from the id); a restart from a journal prefix keeps the original's, so the copied entries replay | restart-as-new (`from` > 0) | driver (attempt) |
+| idk | idempotency_key | text? | the idempotency key the client (or a calling handler) gave; not one the ingress generated | accept | /query (sys_idempotency, sys_invocation) |
+| by | invoked_by | text? | `<id>\|<service>` of the invocation whose handler sent this one (absent: the ingress) | accept | /query (sys_invocation.invoked_by*) |
 
 Besides these, one `n:<notification key>` field (value '1') per notification the journal holds
 (`c<completion id>`, `s<signal index>`, `n<hex signal name>`): the dedup index and the check
@@ -40,8 +45,10 @@ that a suspension is already satisfied.
 
 At completion with a retention, `apply` END (and `kill`, through `_apply_end.lua` `retain`) writes
 the hash afresh with only what readers of a completed invocation use: `st res exp`, then `svc hdl
-key kind scp lk cret exec rq` as they were (absent ones stay absent). `in` moves to the journal (or
-goes), and `pars att lg wait lerr vqb jr an` and the `n:*` fields go. A new hash rather than HDELs:
+key kind scp lk cret exec rq` as they were (absent ones stay absent), and `dp pv` only when the journal
+is retained (their one use after completion is restart-as-new, which needs the journal; a call
+without journal retention stays within its 256 B). `in` moves to the journal (or goes), and `pars
+att lg wait lerr vqb jr an` and the `n:*` fields go. A new hash rather than HDELs:
 one that ever held a value over Redis's `hash-max-ziplist-value` (the input frame, usually) keeps
 the large encoding: 1,040 B instead of 228 B for a `Greeter/greet` call on Redis 6.2 (docs/lifecycle.md).
 
@@ -54,6 +61,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
+
+import xxhash
 
 from partition.keys import TimerKind
 from sgproto.partition.v1 import partition_service_pb2 as spb
@@ -249,6 +258,11 @@ class HashField(str, Enum):
     VQUEUE = "vqb"
     JOURNAL_RETENTION = "jr"
     APPLY_NONCE = "an"
+    PINNED_DEPLOYMENT = "dp"
+    PINNED_PROTOCOL = "pv"
+    RANDOM_SEED = "sd"
+    IDEMPOTENCY_KEY = "idk"
+    INVOKED_BY = "by"
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +351,23 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec(H.APPLY_NONCE, "apply_nonce", "bytes",
           "nonce of the last SUSPEND apply (a retry after a lost reply is not applied twice)",
           "apply SUSPEND", "apply"),
+    _spec(H.PINNED_DEPLOYMENT, "pinned_deployment_id", "text?",
+          "the deployment every attempt goes to, pinned by the first attempt that stored an entry",
+          "apply (first entry), resume (re-pin), accept (restart-as-new)",
+          "driver (attempt), resume, restart-as-new, /query"),
+    _spec(H.PINNED_PROTOCOL, "pinned_protocol_version", "int?",
+          "the service protocol version negotiated with it when pinned", "apply (with `dp`)",
+          "resume and restart-as-new (compatibility), /query"),
+    _spec(H.RANDOM_SEED, "random_seed", "int?",
+          "the random seed every attempt gets (absent: derived from the id); a restart from a journal prefix "
+          "keeps the original's, so the copied entries replay", "restart-as-new (`from` > 0)",
+          "driver (attempt)"),
+    _spec(H.IDEMPOTENCY_KEY, "idempotency_key", "text?",
+          "the idempotency key the client (or a calling handler) gave; not one the ingress generated", "accept",
+          "/query (sys_idempotency, sys_invocation)"),
+    _spec(H.INVOKED_BY, "invoked_by", "text?",
+          "`<id>|<service>` of the invocation whose handler sent this one (absent: the ingress)", "accept",
+          "/query (sys_invocation.invoked_by*)"),
 )
 _BY_NAME = {spec.field.value.encode(): spec for spec in FIELDS}
 
@@ -345,6 +376,15 @@ def field_table() -> str:
     """The field table of this module's docstring, rendered from `FIELDS`."""
     head = "| field | attribute | type | meaning | written by | read by |\n|---|---|---|---|---|---|\n"
     return head + "\n".join(spec.row() for spec in FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedDeployment:
+    """Restate's `PinnedDeployment`: the deployment an invocation runs on from its first stored
+    entry on, and the protocol version negotiated with it then."""
+
+    deployment_id: str
+    protocol_version: int
 
 
 class RecordError(ValueError):
@@ -376,6 +416,22 @@ class InvocationRecord:
     vqueue: str = ""
     journal_retention_ms: int | None = None
     apply_nonce: bytes = b""
+    pinned_deployment_id: str | None = None
+    pinned_protocol_version: int | None = None
+    random_seed: int | None = None
+    idempotency_key: str | None = None
+    invoked_by: str | None = None
+
+    @property
+    def pin(self) -> PinnedDeployment | None:
+        """The deployment this invocation is pinned to (None: no attempt stored an entry yet)."""
+        if self.pinned_deployment_id is None:
+            return None
+        return PinnedDeployment(self.pinned_deployment_id, self.pinned_protocol_version or 0)
+
+    def pinned_to(self, pin: PinnedDeployment) -> InvocationRecord:
+        """This record once `pin` is stored (what `apply` did for the attempt's first entry)."""
+        return replace(self, pinned_deployment_id=pin.deployment_id, pinned_protocol_version=pin.protocol_version)
 
     def to_fields(self) -> list[ArgvValue]:
         """Field, value pairs for HSET; absent and empty values are left out."""
@@ -406,6 +462,11 @@ class InvocationRecord:
         return replace(self, attempts=attempts, last_growth_ms=grew_at_ms)
 
 
+def random_seed(invocation_id: str) -> int:
+    """An invocation's random seed without storage: the same on every attempt."""
+    return xxhash.xxh3_64_intdigest(invocation_id.encode())
+
+
 def parent_entry(parent: spb.Parent) -> str:
     """`<id>|<partition>|<completion id>,`: one waiting caller in the `pars` field."""
     return f"{parent.invocation_id}|{parent.partition}|{parent.result_completion_id},"
@@ -424,11 +485,24 @@ def new_record(req: spb.InvokeRequest, now_ms: int) -> InvocationRecord:
         input_frame=protocol.input_command(req.body, [(h.key, h.value) for h in req.headers]),
         completion_retention_ms=req.completion_retention_ms, execution_time_ms=start_ms,
         journal_retention_ms=req.journal_retention_ms or None,
-        request_nonce=req.request_nonce, parents=parent_entry(req.parent) if req.HasField("parent") else "",
+        parents=parent_entry(req.parent) if req.HasField("parent") else "",
         attempts=0, last_growth_ms=now_ms,
         scope=req.scope if req.HasField("scope") else None,
         limit_key=req.limit_key if req.HasField("limit_key") else None,
+        invoked_by=req.invoked_by or None,
+        **({"request_nonce": req.request_nonce} | _idempotency_fields(req)),
     )
+
+
+def _idempotency_fields(req: spb.InvokeRequest) -> dict[str, Any]:
+    """A key the client gave is kept (text); one the ingress generated is not (docs/architecture.md
+    decision 32), and neither is a nonce: only this request knows that key, so any duplicate of
+    the invocation is its re-send (`leader.invoke`)."""
+    if not req.HasField("idempotency_key"):
+        return {}
+    if req.idempotency_key_generated:
+        return {"request_nonce": b""}
+    return {"idempotency_key": req.idempotency_key}
 
 
 # ---- what callers read back ----------------------------------------------------------------------

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-import xxhash
 
 from partition.errors import DeploymentError
 from partition.http1 import Http1Error, Http1Pool, encode_request
+from partition.invocation import random_seed as random_seed  # noqa: PLC0414  re-exported
 from partition.metrics import DEPLOYMENT_DURATION, DEPLOYMENT_ERRORS
 from shardgate import protocol
 from shardgate.identity import RequestSigner
@@ -63,16 +63,16 @@ class AttemptInput:
     retry_count: int
     duration_since_last_entry_ms: int
     attempt_timeout_s: float  # inactivity + abort timeout: then the attempt is aborted and retried
+    random_seed: int | None = None  # the record's (a restart from a prefix keeps the original's); None: from the id
+    protocol_version: int | None = None  # the pinned one; None: negotiated (an attempt that pins)
 
 
-def random_seed(invocation_id: str) -> int:
-    """Stable per invocation without storage: the same on every attempt."""
-    return xxhash.xxh3_64_intdigest(invocation_id.encode())
-
-
-def negotiate(deployment: Deployment, max_version: int) -> int:
-    """The protocol version for a new attempt: the highest both sides speak."""
+def negotiate(deployment: Deployment, max_version: int, pinned: int | None = None) -> int:
+    """The protocol version for an attempt: the `pinned` one (Restate keeps the version an
+    invocation was pinned with) while both sides still speak it, else the highest both speak."""
     version = min(deployment.max_protocol_version, max_version)
+    if pinned is not None and max(MIN_PROTOCOL_VERSION, deployment.min_protocol_version) <= pinned <= version:
+        return pinned
     if version < max(MIN_PROTOCOL_VERSION, deployment.min_protocol_version):
         raise DeploymentError(
             f"deployment {deployment.id} speaks protocol v{deployment.min_protocol_version}-"
@@ -115,14 +115,14 @@ class Invoker:
 
     async def attempt(self, deployment: Deployment, inp: AttemptInput) -> list[Frame]:
         """Run one attempt; returns the SDK's frames. Raises DeploymentError (retryable)."""
-        version = negotiate(deployment, self.max_protocol_version)
+        version = negotiate(deployment, self.max_protocol_version, inp.protocol_version)
         ct = protocol.content_type(version)
         inv = InvocationId.parse(inp.invocation_id)
         start = protocol.start_message(
             inv.to_bytes(), inp.invocation_id, 1 + len(inp.journal),
             list(inp.state.items()) if inp.keyed else None,
             inp.partial_state, inp.key or "", inp.retry_count, inp.duration_since_last_entry_ms,
-            random_seed(inp.invocation_id), version,
+            random_seed(inp.invocation_id) if inp.random_seed is None else inp.random_seed, version,
         )
         path = f"/invoke/{inp.service}/{inp.handler}"
         headers = {"content-type": ct, "accept": ct, "x-restate-invocation-id": inp.invocation_id}

@@ -15,6 +15,10 @@ callers waiting for their results, and the duty to re-derive all of that from Re
   set that has no local driver one, and answers waiters whose invocation completed, so no
   committed state is ever left undriven, whatever reply was lost.
 - A duplicate notification for an invocation that is invoked without a driver here resumes it.
+- Memory is bounded (`Driver.admit`): an invocation that finds no room in the worker gets no
+  driver task and no `Run`; it stays invoked in Redis and its id is queued here (`_queued`, or
+  past the worker's backlog bound only in the active set, `_overflow`) until the driver offers a
+  room (`start_waiting`), when it is resumed from Redis like a swept one.
 
 Lifecycle commands (`manage`: kill, cancel, purge, pause, resume) are one fenced script each; what
 follows in memory (stop the local driver, answer waiters, drive the inbox head or the resumed
@@ -27,15 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
-from partition import keys
-from partition.driver import Driver, OutcomeStored, Run
+from partition import keys, restart
+from partition.driver import Driver, OutcomeStored, Room, Run
 from partition.errors import Fenced, InvocationNotFound, NotLeader
 from partition.invocation import (
     CANCELLED,
@@ -169,6 +173,13 @@ class PartitionLeader:
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._rewake: set[str] = set()  # woken while their driver was finishing: resume after it
         self._accepting: Counter[str] = Counter()  # ids with an accept script in flight: the sweep leaves them be
+        # invoked ids without a driver because the worker has no room (`Driver.admit`), oldest first;
+        # `_overflow`: more than the driver lets us queue wait in the active set only (the sweep finds them)
+        self._queued: OrderedDict[str, None] = OrderedDict()
+        self._overflow = False
+        self._refill: asyncio.Task[None] | None = None
+        self._resuming: set[str] = set()  # ids a resume under a room is reading: the sweep leaves them be
+        self._reserved: dict[str, Room] = {}  # the room a resume hands to start() (only during that call)
         # drivers stopped by kill / pause / cancel, until they really ended (a cancellation can be
         # lost), and the ids to resume from storage once they did: no second run beside a zombie
         self._stopping: dict[str, asyncio.Task[None]] = {}
@@ -238,25 +249,107 @@ class PartitionLeader:
             self._outbox.poke()
 
     def start(self, run: Run) -> None:
-        """Drive an invocation here, unless it is driven here already."""
+        """Drive an invocation here, unless it is driven here already, in the room its resume
+        reserved (`_reserved`), else one the driver admits now. Without room the `Run` is dropped:
+        the invocation is invoked in Redis (in the active set) and its id waits here for a room
+        (`_wait_for_room`)."""
         inv_id = run.target.invocation_id
         if self.closed or inv_id in self._drivers:
             return
         if inv_id in self._stopping:  # its stopped driver has not ended yet: resume after it
             self._resume_after_stop.add(inv_id)
             return
+        kept = self._reserved.pop(inv_id, None) or self._driver.admit()
+        if kept is None:
+            self._wait_for_room(inv_id)
+            return
+        kept.kept = True
         task = asyncio.get_running_loop().create_task(self._drive(run))
+        task.add_done_callback(lambda _t: kept.release())  # also when cancelled before it ran
         self._drivers[inv_id] = task
 
     def resume(self, invocation_id: str) -> None:
-        """Restart an invoked invocation from storage, unless it is driven here."""
+        """Restart an invoked invocation from storage, unless it is driven here (or, without room
+        in the worker, queue its id for a room)."""
         if invocation_id in self._stopping:
             self._resume_after_stop.add(invocation_id)
         elif invocation_id not in self._drivers:
-            self._spawn(self._resume_one(invocation_id))
+            room = self._driver.admit()
+            if room is None:
+                self._wait_for_room(invocation_id)
+            else:
+                self._spawn_resume(invocation_id, room)
 
     def driving(self, invocation_id: str) -> bool:
         return invocation_id in self._drivers
+
+    # ---- admission (the worker's bound on invocations in memory) ---------------------------------
+    def _wait_for_room(self, inv_id: str) -> None:
+        """`inv_id` is invoked but there is no room for it here: queue its id (or, past the
+        driver's backlog bound, leave it to the active set and the sweep) until a room frees up."""
+        if self.closed or inv_id in self._queued:
+            return
+        if self._driver.can_queue():
+            self._queued[inv_id] = None
+            self._driver.queued(1)
+        else:
+            self._set_overflow(True)
+        self._driver.wait_for_room(self)
+
+    def _set_overflow(self, overflow: bool) -> None:
+        self._overflow = overflow
+        self._driver.overflowing(self, overflow)
+
+    def start_waiting(self, room: Room) -> bool:
+        """The driver has room: start the oldest queued id under `room`; when only the active set
+        holds waiting ones, re-read it (`sweep`). False when nothing was started (a closed
+        leader gives its queued ids up here: the partition's next owner resumes them)."""
+        if self.closed:
+            self._driver.queued(-len(self._queued))
+            self._queued.clear()
+            self._set_overflow(False)
+            return False
+        while self._queued:
+            inv_id, _ = self._queued.popitem(last=False)
+            self._driver.queued(-1)
+            if inv_id in self._drivers or inv_id in self._stopping:
+                continue
+            if self._queued or self._overflow:
+                self._driver.wait_for_room(self)
+            self._spawn_resume(inv_id, room, swept=True)
+            return True
+        if self._overflow and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.get_running_loop().create_task(self._refill_from_active())
+            self._tasks.add(self._refill)
+            self._refill.add_done_callback(self._tasks.discard)
+        return False
+
+    async def _refill_from_active(self) -> None:
+        try:
+            await self.sweep()
+        except Exception as e:  # noqa: BLE001  Redis unavailable: the periodic sweep tries again
+            log.warning("cannot re-read the waiting invocations (%s)", type(e).__name__,
+                        extra={"partition": self.partition})
+
+    def _spawn_resume(self, inv_id: str, room: Room, swept: bool = False) -> None:
+        """`_resume_one` under `room`, released when the task ends unless a driver kept it."""
+        if self.closed:
+            room.release()
+            return
+        task = asyncio.get_running_loop().create_task(self._resume_one(inv_id, "", None, swept, room))
+        self._tasks.add(task)
+        self._resuming.add(inv_id)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._resumed(inv_id, room))
+
+    def _resumed(self, inv_id: str, room: Room) -> None:
+        self._resuming.discard(inv_id)
+        room.drop()
+
+    @property
+    def queued(self) -> int:
+        """Invoked ids waiting here for room (the active set may hold more: `_overflow`)."""
+        return len(self._queued)
 
     # ---- driving -----------------------------------------------------------------------------
     async def _drive(self, run: Run) -> None:
@@ -290,14 +383,13 @@ class PartitionLeader:
             self.resume(inv_id)
 
     async def _resume_one(self, inv_id: str, timer_member: str = "", target: Target | None = None,
-                          swept: bool = False) -> None:
-        """(Re)start an invocation from its stored record, state and journal. A fired
-        `timer_member` is consumed by `attempt_start`, or settled (fenced) when that is not reached.
-        `swept`: found undriven by the sweep, which has nothing to add once a driver (or the accept
-        that starts one) took the id in the meantime."""
-        if self.closed:
-            return
-        if swept and (inv_id in self._drivers or inv_id in self._accepting):
+                          swept: bool = False, room: Room | None = None) -> None:
+        """(Re)start an invocation from its stored record, state and journal, under `room` (else
+        one admitted now; without room its id waits for one, see `start`, and nothing is read). A
+        fired `timer_member` is consumed by `attempt_start`, or settled (fenced) when that is not
+        reached. `swept`: found undriven by the sweep, which has nothing to add once a driver (or
+        the accept that starts one) took the id in the meantime."""
+        if self.closed or (swept and (inv_id in self._drivers or inv_id in self._accepting)):
             return
         if inv_id in self._drivers:
             # Its driver is finishing an attempt that suspended: it resumes once that is done.
@@ -305,8 +397,12 @@ class PartitionLeader:
             if timer_member:
                 await self._settle_timer(inv_id, timer_member)
             return
+        room = room if room is not None else self._driver.admit()
+        if room is None and not timer_member:  # a fired timer is consumed first (its start may queue)
+            self._wait_for_room(inv_id)
+            return
         try:
-            await self._restart(inv_id, timer_member, target, swept)
+            await self._restart(inv_id, timer_member, target, swept, room)
         except Fenced:
             return
         except Exception:
@@ -315,6 +411,9 @@ class PartitionLeader:
             if timer_member:
                 await self._settle_timer(inv_id, timer_member)
             self.outcome_unknown(inv_id)
+        finally:
+            if room is not None:
+                room.drop()
 
     async def _settle_timer(self, inv_id: str, member: str) -> None:
         """A fired member that did not reach `attempt_start` is never left due (the timer loop
@@ -329,7 +428,13 @@ class PartitionLeader:
             log.exception("cannot settle timer %s", member, extra={"invocation_id": inv_id,
                                                                    "partition": self.partition})
 
-    async def _restart(self, inv_id: str, timer_member: str, t: Target | None, swept: bool = False) -> None:
+    async def _restart(self, inv_id: str, timer_member: str, t: Target | None, swept: bool = False,
+                       room: Room | None = None) -> None:
+        async with self._driver.loading:  # a bounded number of resumes read from Redis at once
+            await self._load_and_start(inv_id, timer_member, t, swept, room)
+
+    async def _load_and_start(self, inv_id: str, timer_member: str, t: Target | None, swept: bool,
+                              room: Room | None) -> None:
         if t is None:
             found = await self._scripts.located(self.partition, inv_id)
             if found is None:  # it no longer exists: forget it (fenced), timer member included
@@ -347,7 +452,12 @@ class PartitionLeader:
             if started.record.vqueue and started.started_from is Status.SCHEDULED:
                 queued_since_ms = max(started.record.last_growth_ms, started.record.execution_time_ms or 0)
                 QUEUE_WAIT.observe(max(0.0, (self._clock.now_ms() - queued_since_ms) / 1000))
-            self.start(Run(t, self.token, started.record, started.state, started.journal))
+            if room is not None:
+                self._reserved[inv_id] = room
+            try:
+                self.start(Run(t, self.token, started.record, started.state, started.journal))
+            finally:
+                self._reserved.pop(inv_id, None)  # not taken: the resume releases it
         elif self.awaited(inv_id):  # e.g. completed in a transition whose reply was lost
             await self._driver.answer_from_storage(self, t)
 
@@ -430,15 +540,22 @@ class PartitionLeader:
             await self._resume_one(inv_id, swept=swept)
 
     async def sweep(self) -> None:
-        """Every invoked id of the partition gets a driver; waiters of completed ones an answer."""
+        """Every invoked id of the partition gets a driver (or, without room, waits for a room);
+        waiters of completed ones an answer."""
         active = await self._scripts.active_ids(self.partition)
-        undriven = [i for i in active if i not in self._drivers and i not in self._accepting]
-        if undriven:
+        self._set_overflow(False)  # every id that waits in the active set only is in `active`: queued again below
+        undriven = [i for i in active if i not in self._drivers and i not in self._accepting
+                    and i not in self._queued and i not in self._resuming]
+        if undriven and not self._driver.waiting:
             log.info("resuming invocations without a driver", extra={"partition": self.partition,
                                                                      "count": len(undriven)})
             RECONCILED.labels("resumed").inc(len(undriven))
         for inv_id in undriven:
-            self._spawn(self._resume_one(inv_id, swept=True))
+            room = self._driver.admit()
+            if room is None:
+                self._wait_for_room(inv_id)
+            else:
+                self._spawn_resume(inv_id, room, swept=True)
         waiting = [i for i in self.waiters.ids() if i not in self._drivers and i not in active
                    and i not in self._accepting]
         if waiting:
@@ -559,7 +676,8 @@ class PartitionLeader:
             req.execution_time_ms if acc.outcome is AcceptOutcome.SCHEDULED else None)
         if exec_ms is not None:
             resp.execution_time_ms = exec_ms
-        resent = bool(req.request_nonce) and acc.request_nonce == req.request_nonce
+        # a key the ingress generated is known to this request alone: any duplicate is its re-send
+        resent = req.idempotency_key_generated or (bool(req.request_nonce) and acc.request_nonce == req.request_nonce)
         if dup and not req.wait and not resent:
             resp.send_status = pb.SEND_STATUS_PREVIOUSLY_ACCEPTED
         if waiter is None:
@@ -665,7 +783,12 @@ class PartitionLeader:
             pb.MANAGE_COMMAND_PURGE: self._purge, pb.MANAGE_COMMAND_PURGE_JOURNAL: self._purge_journal,
             pb.MANAGE_COMMAND_PAUSE: self._pause, pb.MANAGE_COMMAND_RESUME: self._resume_command,
         }
-        managed = await commands[req.command](req.invocation_id)
+        if req.command == pb.MANAGE_COMMAND_RESTART_AS_NEW:
+            return await self._restart_as_new(req)
+        if req.command == pb.MANAGE_COMMAND_RESUME:
+            managed = await self._resume_command(req.invocation_id, req.deployment_id)
+        else:
+            managed = await commands[req.command](req.invocation_id)
         found = managed.status.value if managed.status is not None else ""
         return pb.ManageResponse(status=_MANAGE_STATUS[managed.outcome], invocation_status=found)
 
@@ -738,8 +861,33 @@ class PartitionLeader:
             self._stop_driver(inv_id)
         return paused
 
-    async def _resume_command(self, inv_id: str) -> Managed:
-        resumed = await self._transition(inv_id, self._scripts.resume(self.partition, inv_id, self.token))
+    async def _restart_as_new(self, req: pb.ManageRequest) -> pb.ManageResponse:
+        """Restart a completed invocation from its journal prefix (`req.restart_from`) as
+        `req.new_invocation_id` here (same partition key), pinned as asked (Restate's
+        restart-as-new): the new one is scheduled with its start timer due now."""
+        original, journal = await self._scripts.restart_source(self.partition, req.invocation_id)
+        found = "" if original is None else original.status.value
+        refused = restart.refusal(original, journal)
+        if refused is not None:
+            return pb.ManageResponse(status=refused, invocation_status=found)
+        assert original is not None
+        prefix = restart.plan_prefix(journal, req.restart_from, original.pinned_protocol_version)
+        if isinstance(prefix, restart.PrefixError):
+            return pb.ManageResponse(status=restart.PREFIX_STATUS[prefix], invocation_status=found)
+        now = self._clock.now_ms()
+        record = restart.restarted(original, prefix, req, now)
+        new_id = req.new_invocation_id
+        created = await self._transition(new_id, self._scripts.restart(
+            self.partition, req.invocation_id, self.token, now, len(journal), record, new_id, prefix.entries,
+            prefix.notes))
+        if created is restart.RestartOutcome.GONE:  # purged since it was read
+            return pb.ManageResponse(status=pb.MANAGE_STATUS_MISSING_INPUT, invocation_status=found)
+        self.poke(timers=True, outbox=False)
+        return pb.ManageResponse(status=pb.MANAGE_STATUS_DONE, invocation_status=found, new_invocation_id=new_id)
+
+    async def _resume_command(self, inv_id: str, deployment_id: str = "") -> Managed:
+        resumed = await self._transition(inv_id, self._scripts.resume(self.partition, inv_id, self.token,
+                                                                      deployment_id))
         if resumed.woken:
             self._spawn(self._resume_one(inv_id))
         return resumed

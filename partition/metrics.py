@@ -14,10 +14,20 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 INVOCATIONS = Counter(
     "shardgate_partition_invocations_total",
-    "Invocations by outcome (accepted, duplicate, succeeded, failed, retried, paused, fenced, killed, cancelled).",
+    "Invocations by outcome (accepted, duplicate, refused, succeeded, failed, retried, paused, fenced, killed, cancelled).",
     ["outcome"],
 )
 IN_FLIGHT = Gauge("shardgate_partition_invocations_in_flight", "Attempts currently running against deployments.")
+HELD_INVOCATIONS = Gauge(
+    "shardgate_partition_invocations_held",
+    "Invocations held in this worker's memory (a driver task and its record, state and journal); at most"
+    " SHARDGATE_MAX_CONCURRENT_INVOCATIONS + SHARDGATE_READY_INVOCATIONS.",
+)
+WAITING_INVOCATIONS = Gauge(
+    "shardgate_partition_invocations_waiting",
+    "Invoked invocations whose ids this worker queues until room frees up (they wait in Redis; at most"
+    " SHARDGATE_MAX_BACKLOG_INVOCATIONS, more are found by the partition sweep).",
+)
 WAITING_CALLERS = Gauge(
     "shardgate_partition_waiting_callers", "Callers (calls with a reply, attach, output) waiting on this worker for a result."
 )

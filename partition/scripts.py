@@ -45,12 +45,14 @@ from partition.invocation import (
     HandlerKind,
     HashField,
     InvocationRecord,
+    PinnedDeployment,
     Result,
     Status,
     StoredResult,
     signal_key,
 )
 from partition.metrics import SCRIPT_DURATION
+from partition.restart import RestartOutcome
 from partition.transition import (
     OP_ARGS,
     TERMINAL_ARGS,
@@ -92,8 +94,8 @@ COMPOSITION: dict[str, tuple[str, ...]] = {
     "settle": ("settle",),
     "outbox_ack": ("outbox_ack",),
     # the lifecycle commands: one fenced transition each
-    "kill": ("_parents", "_scope", "_state", "_apply_end", "_lifecycle", "kill"),
-    "cancel": ("_parents", "_notes", "_scope", "_lifecycle", "cancel"),
+    "kill": ("_parents", "_index", "_scope", "_state", "_apply_end", "_lifecycle", "kill"),
+    "cancel": ("_parents", "_index", "_notes", "_scope", "_lifecycle", "cancel"),
     "purge": ("_index", "purge"),
     # flow control: new concurrency limits of a partition's buckets
     "scope_limits": ("_scope", "_scope_limits"),
@@ -103,19 +105,23 @@ COMPOSITION: dict[str, tuple[str, ...]] = {
     "state_edit": ("_state", "state_edit"),
     # a handler's attach / get-output, answered on the target's partition
     "attach": ("attach",),
+    # restart-as-new from a journal prefix: the new invocation, on the original's partition
+    "restart": ("_index", "restart"),
 }
 LEASE_SCRIPTS = ("lease_acquire", "lease_renew", "lease_release")  # self-contained, run as they are
 
-# apply.lua's ARGV: 7 fixed arguments, the terminal kind, its arguments, then the ops.
+# apply.lua's ARGV: 7 fixed arguments, the terminal kind, its arguments, the attempt's deployment
+# pin (id, protocol version; '' when the invocation is pinned already), then the ops.
 APPLY_FIXED_ARGS = 7
-APPLY_FIRST_OP = APPLY_FIXED_ARGS + 2 + TERMINAL_ARGS
+APPLY_PIN_ARG = APPLY_FIXED_ARGS + 2 + TERMINAL_ARGS
+APPLY_FIRST_OP = APPLY_PIN_ARG + 2
 
 # Enum -> the prefix of its members' Lua names (ST_INVOKED, F_STATUS, OP_SET_STATE, APPLY_RESUME ...).
 LUA_ENUMS: tuple[tuple[str, type[Enum]], ...] = (
     ("ST", Status), ("KIND", HandlerKind), ("F", HashField), ("OP", OpCode), ("TERM", TerminalKind),
     ("ACCEPT", AcceptOutcome), ("APPLY", ApplyOutcome), ("START", StartOutcome), ("NOTIFY", NotifyOutcome),
     ("SETTLE", SettleOutcome), ("MANAGE", ManageOutcome), ("SCOPE_LIMITS", ScopeLimitsOutcome),
-    ("ATTACH", AttachOutcome),
+    ("ATTACH", AttachOutcome), ("RESTART", RestartOutcome),
 )
 LUA_MESSAGE_TYPES = (MessageType.GET_PROMISE_COMPLETION, MessageType.PEEK_PROMISE_COMPLETION,
                      MessageType.COMPLETE_PROMISE_COMPLETION, MessageType.CALL_COMPLETION,
@@ -134,7 +140,7 @@ def lua_values() -> dict[str, str | bytes | int]:
         OUTBOX_NOTIFY=outbox_codec.OUTBOX_NOTIFY_TAG, PB_VOID=VOID_FIELD,
         PROMISE_ALREADY_COMPLETED=Result(*effects.PROMISE_ALREADY_COMPLETED).encode(),
         TARGET_NOT_FOUND=Result(*effects.TARGET_NOT_FOUND).encode(),
-        APPLY_FIRST_OP=APPLY_FIRST_OP,
+        APPLY_FIRST_OP=APPLY_FIRST_OP, APPLY_PIN_ARG=APPLY_PIN_ARG,
         STATE_EDIT_TAG=keys.STATE_EDIT_TAG, STATE_EDIT_SEP=keys.STATE_EDIT_SEP,
     )
     return out
@@ -347,12 +353,14 @@ class Scripts:
         return Accepted(code)
 
     async def apply(self, t: Target, token: str, now_ms: int, replayed_len: int, terminal: Terminal,
-                    attempts: int, ops: Sequence[Op]) -> Applied:
+                    attempts: int, ops: Sequence[Op], pin: PinnedDeployment | None = None) -> Applied:
         """Store one attempt's journal entries, effects and terminal message; `attempts` is the
-        failure count after it. Raises Fenced."""
+        failure count after it. `pin`, the deployment an unpinned invocation's attempt went to, is
+        stored when the attempt stored an entry (Restate pins at the first one). Raises Fenced."""
         p = t.partition
+        pinned: list[ArgvValue] = ["", ""] if pin is None else [pin.deployment_id, pin.protocol_version]
         args: list[ArgvValue] = [token, t.invocation_id, now_ms, replayed_len, attempts, keys.invocation_prefix(p),
-                                 keys.journal_prefix(p), *encode_terminal(terminal), *encode_ops(ops)]
+                                 keys.journal_prefix(p), *encode_terminal(terminal), *pinned, *encode_ops(ops)]
         reply = await self._run(
             "apply",
             [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), t.lock(), t.inbox(), t.state(),
@@ -528,12 +536,13 @@ class Scripts:
         )
         return _managed(p, reply)
 
-    async def resume(self, partition: int, invocation_id: str, token: str) -> Managed:
-        """Move a paused, backing-off or suspended invocation to invoked (`woken`). Raises Fenced."""
+    async def resume(self, partition: int, invocation_id: str, token: str, deployment_id: str = "") -> Managed:
+        """Move a paused, backing-off or suspended invocation to invoked (`woken`), pinned to
+        `deployment_id` from now on when given and it was pinned. Raises Fenced."""
         p = partition
         reply = await self._run(
             "resume", [keys.lease(p), keys.invocation(p, invocation_id), keys.active(p), keys.timers(p)],
-            [token, invocation_id],
+            [token, invocation_id, deployment_id],
         )
         head = _managed(p, reply)
         return Managed(head.outcome, head.status, woken=head.outcome is ManageOutcome.DONE)
@@ -567,6 +576,34 @@ class Scripts:
         if code is AttachOutcome.FENCED:
             raise Fenced(p)
         return code
+
+    async def restart(self, partition: int, original_id: str, token: str, now_ms: int, journal_len: int,
+                      record: InvocationRecord, new_id: str, entries: Sequence[bytes],
+                      notes: Sequence[str]) -> RestartOutcome:
+        """Create `new_id` from `record` with the journal `entries` (after its input) and the
+        notification index `notes`, scheduled due now, while `original_id` is still completed with
+        a journal of `journal_len` entries. Raises Fenced."""
+        p = partition
+        fields = [*record.to_fields(), *(v for note in notes for v in (NOTE_PREFIX + note, "1"))]
+        reply = await self._run(
+            "restart",
+            [keys.lease(p), keys.invocation(p, original_id), keys.journal(p, original_id), keys.invocation(p, new_id),
+             keys.journal(p, new_id), keys.timers(p)],
+            [token, new_id, now_ms, journal_len, len(entries), *entries, *fields],
+        )
+        code = RestartOutcome(reply[0].decode())
+        if code is RestartOutcome.FENCED:
+            raise Fenced(p)
+        return code
+
+    async def restart_source(self, partition: int, invocation_id: str) -> tuple[InvocationRecord | None, list[bytes]]:
+        """A completed invocation's record and retained journal (plain reads in one round trip;
+        None when there is no such invocation)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.invocation(partition, invocation_id))
+            pipe.lrange(keys.journal(partition, invocation_id), 0, -1)
+            raw, journal = await pipe.execute()
+        return (InvocationRecord.from_fields(raw) if raw else None), list(journal)
 
     async def object_state(self, t: Target) -> dict[bytes, bytes]:
         """The state of `t`'s object key as stored now (a plain read)."""

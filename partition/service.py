@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 
 from partition.driver import Driver, LeaseCheck
-from partition.errors import NotLeader
+from partition.errors import NotLeader, WorkerBusy
 from partition.invoker import Invoker
 from partition.leader import PartitionLeader
+from partition.metrics import INVOCATIONS
 from partition.scripts import Scripts
 from partition.transition import AcceptOutcome
 from sgproto.partition.v1 import partition_service_pb2 as pb
@@ -83,12 +84,13 @@ class PartitionService:
 
     def __init__(self, redis: Redis, scripts: Scripts, invoker: Invoker, schema: Callable[[], SchemaSnapshot],
                  partitions: int, max_concurrent: int, remote_deliver: RemoteDeliver | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 clock: Clock = SYSTEM_CLOCK, *, ready: int = 1000, max_backlog: int = 10_000) -> None:
         self._redis = redis
         self._scripts = scripts
         self._remote_deliver = remote_deliver
         self._clock = clock
-        self._driver = Driver(scripts, invoker, schema, partitions, max_concurrent, clock)
+        self._driver = Driver(scripts, invoker, schema, partitions, max_concurrent, clock, ready=ready,
+                              max_backlog=max_backlog)
         self._leaders: dict[int, PartitionLeader] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.rules = RuleBookCache(redis, clock)
@@ -139,9 +141,19 @@ class PartitionService:
         return leader
 
     # ---- RPCs --------------------------------------------------------------------------------
+    @property
+    def driver(self) -> Driver:
+        """The worker's attempt engine (its admission counters are read by tests and metrics)."""
+        return self._driver
+
     async def invoke(self, req: pb.InvokeRequest) -> pb.InvokeResponse:
-        """Accept a call or send; a call waits for the result."""
-        return await self.leader(req.partition).invoke(req)
+        """Accept a call or send; a call waits for the result. Raises WorkerBusy for a call while
+        the worker is saturated (nothing stored); sends are always accepted into Redis."""
+        leader = self.leader(req.partition)
+        if req.wait and self._driver.saturated():
+            INVOCATIONS.labels("refused").inc()
+            raise WorkerBusy()
+        return await leader.invoke(req)
 
     async def attach(self, ref: pb.InvocationRef) -> pb.InvokeResponse:
         """Wait for an invocation's result; NOT_FOUND if it does not exist."""

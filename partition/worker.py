@@ -40,6 +40,7 @@ log = logging.getLogger("partition")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 REDIS_MAX_CONNECTIONS = 512
+LEASE_REDIS_CONNECTIONS = 8  # heartbeat pipeline, membership channel, lease checks of the drivers
 REGISTRY_POLL_S = 0.25
 ROUTER_REFRESH_S = 1.0
 GRPC_GRACE_S = 2.0
@@ -54,6 +55,10 @@ class Worker:
         self.redis = redisconn.connect(config.redis_url, timeout_s=config.redis_timeout_s,
                                        max_connections=REDIS_MAX_CONNECTIONS)
         self.scripts = Scripts(self.redis)
+        # Membership and leases on their own few connections: a burst of transitions that takes
+        # every connection of the main pool must not hold a lease renewal back past the lease TTL.
+        self.lease_redis = redisconn.connect(config.redis_url, timeout_s=config.redis_timeout_s,
+                                             max_connections=LEASE_REDIS_CONNECTIONS)
         self.registry = RegistryCache(RegistryStore(self.redis))
         signer = RequestSigner.from_file(config.request_identity_key_file) if config.request_identity_key_file else None
         if signer is not None:
@@ -62,7 +67,8 @@ class Worker:
         self.router = Router(self.redis, config.partitions)
         self.service = PartitionService(self.redis, self.scripts, self.invoker, self.registry.current,
                                         config.partitions, config.max_concurrent_invocations,
-                                        RemoteDelivery(self.router).deliver, clock)
+                                        RemoteDelivery(self.router).deliver, clock,
+                                        ready=config.ready_invocations, max_backlog=config.max_backlog_invocations)
         self.grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                              ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         pb_grpc.add_PartitionServiceServicer_to_server(PartitionServicer(self.service), self.grpc)
@@ -81,9 +87,9 @@ class Worker:
         await self.grpc.start()
         self._serving = True
         address = f"{config.advertised_host}:{port}"
-        ownership = Ownership(self.redis, self.scripts, config.worker_id, address, config.partitions,
-                              config.lease_ttl_ms, config.heartbeat_interval_ms, self.service.on_acquired,
-                              self.service.on_lost, self.clock, drain=self._hand_over)
+        ownership = Ownership(self.lease_redis, Scripts(self.lease_redis), config.worker_id, address,
+                              config.partitions, config.lease_ttl_ms, config.heartbeat_interval_ms,
+                              self.service.on_acquired, self.service.on_lost, self.clock, drain=self._hand_over)
         await ownership.claim_identity()  # raises DuplicateWorker: stop() must then not leave for it
         self.ownership = ownership
         self.service.check_leases(ownership)
@@ -117,6 +123,7 @@ class Worker:
         if self._metrics is not None:
             await self._metrics.cleanup()
         await self.redis.aclose()
+        await self.lease_redis.aclose()
         log.info("partition worker stopped")
 
     async def _hand_over(self, partition: int) -> None:

@@ -37,6 +37,7 @@ from ingress.dispatcher import (
     HandlerKind,
     InvocationRequest,
     Outcome,
+    RestartRequest,
     SendReceipt,
     SendStatus,
 )
@@ -137,7 +138,12 @@ class InMemoryDispatcher:
         self._maybe_fail()
         self.signals.append((invocation_id, partition, key, frame))
 
-    async def manage(self, invocation_id: str, partition: int, command: Command) -> CommandOutcome:
+    async def restart_as_new(self, req: RestartRequest) -> CommandOutcome:
+        self._maybe_fail()
+        return CommandOutcome.NOT_FOUND if self._lookup(req.invocation_id) is None else CommandOutcome.DONE
+
+    async def manage(self, invocation_id: str, partition: int, command: Command,
+                     deployment_id: str = "") -> CommandOutcome:
         self._maybe_fail()
         entry = self._lookup(invocation_id)
         if entry is None:

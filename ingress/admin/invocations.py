@@ -8,13 +8,21 @@ resume 200; pause 202, or 200 when already paused; the deprecated DELETE 202), 4
 id, 404 for an unknown one, 409 for a command the invocation's status does not allow, 425 for a
 resume of a never-started invocation (as Restate). Kill or cancel of a never-started (scheduled, inboxed) invocation removes it.
 
+`resume?deployment=keep|latest|<deployment id>` (`pinning.py`): a malformed or unknown deployment,
+a running (invoked, backing-off) or unpinned invocation and an incompatible protocol version are
+refused with Restate's texts; `keep` (the default), and `latest` for an unpinned invocation, resume
+as before. Re-pinning itself (ManageRequest.deployment_id, `resume.lua`) is built on the worker but
+the ingress `Dispatcher.manage` cannot carry it yet: such a resume answers 422 (docs/lifecycle.md).
+
 `PATCH /invocations/{id}/restart-as-new` runs a completed invocation's input again under a new id
 (200 `{"new_invocation_id"}`): the target, input and headers are read back from the retained
 journal (its head is the input since completion) and sent as a new invocation through the
 dispatcher, so the only write is the new invocation's accept on its own partition; the original
 is left as it is. 409 while it runs, 425 when it never started, 410 when its journal (so its
-input) was not retained or was purged, 422 for a workflow run (as Restate) and for `from` > 0
-(restarting from a journal index is not built).
+input) was not retained or was purged, 422 for a workflow run (as Restate) and for `from` > 0, 400 for
+a malformed `deployment`. Restarting from a journal prefix and pinned (Restate's `from`,
+`deployment=keep|<id>`) is built on the worker (Manage RESTART_AS_NEW, `restart.lua`) but not yet
+reachable from here, for the same reason as resume's re-pin.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -32,7 +41,23 @@ from prometheus_client import Gauge
 from redis.exceptions import RedisError
 
 from ingress.admin.context import ADMIN
-from ingress.dispatcher import Command, CommandOutcome, Dispatcher, HandlerKind, InvocationRequest
+from ingress.admin.pinning import (
+    MIN_PROTOCOL_FROM_PREFIX,
+    Patch,
+    Pin,
+    cannot_change,
+    parse_patch,
+    repin,
+    restart_pin,
+)
+from ingress.dispatcher import (
+    Command,
+    CommandOutcome,
+    Dispatcher,
+    HandlerKind,
+    InvocationRequest,
+    RestartRequest,
+)
 from ingress.errors import (
     BadRequest,
     Conflict,
@@ -123,6 +148,54 @@ async def run_command(request: web.Request, command: Command) -> int:
     return status
 
 
+# the status hash fields a resume with `deployment` reads (partition.invocation.HashField: status,
+# service, pinned deployment, pinned protocol version)
+PIN_FIELDS = ("st", "svc", "dp", "pv")
+RUNNING = frozenset({"invoked", "backing-off"})  # Restate's `Invoked`: its deployment cannot change
+
+
+async def _read_pin(request: web.Request, inv: str, partition: int) -> tuple[str | None, str, Pin | None]:
+    """Status ('None': no such invocation), service and pin of an invocation (one HMGET)."""
+    from ingress.admin.query.store import inv_key  # here: the query package imports this module
+
+    try:
+        status, service, dp, pv = cast("list[bytes | None]", await request.app[ADMIN].store.redis.hmget(
+            inv_key(partition, inv), list(PIN_FIELDS)))
+    except (RedisError, OSError) as e:
+        log.warning("cannot read an invocation to resume: %s", e, extra={"invocation_id": inv})
+        raise RegistryUnavailable("cannot read the invocation now. Retry later.") from None
+    pin = None if dp is None else Pin(dp.decode(), int(pv or 0))
+    return _text(status), (service or b"").decode(), pin
+
+
+async def resume_invocation(request: web.Request) -> web.Response:
+    """`PATCH /invocations/{id}/resume?deployment=keep|latest|<deployment id>`: 200 once resumed.
+    Raises 400 (id, deployment), 404, 409, 425 (see `run_command`, `pinning.repin`)."""
+    control = request.app[INVOCATIONS]
+    inv_id = _invocation_id(request.match_info["invocation_id"])
+    patch = parse_patch(request.query.get("deployment"), Patch.KEEP)
+    if patch.patch is not Patch.KEEP:
+        inv = str(inv_id)
+        status, service, pin = await _read_pin(request, inv, partition_of(inv_id.partition_key, control.partitions))
+        if status is None:
+            raise _refusal(inv, Command.RESUME, CommandOutcome.NOT_FOUND)
+        if status in NOT_STARTED:
+            raise _refusal(inv, Command.RESUME, CommandOutcome.WRONG_STATE)
+        if status == "completed":
+            raise _refusal(inv, Command.RESUME, CommandOutcome.COMPLETED)
+        if status in RUNNING:
+            raise cannot_change(inv)
+        snapshot = (await request.app[ADMIN].state()).snapshot
+        deployment_id = repin(inv, service, pin, patch, snapshot)
+        if deployment_id:
+            p = partition_of(inv_id.partition_key, control.partitions)
+            outcome = await control.dispatcher.manage(inv, p, Command.RESUME, deployment_id)
+            if (Command.RESUME, outcome) not in _SUCCESS:
+                raise _refusal(inv, Command.RESUME, outcome)
+            return web.Response(status=_SUCCESS[(Command.RESUME, outcome)])
+    return web.Response(status=await run_command(request, Command.RESUME))
+
+
 def command_route(command: Command) -> Handler:
     """The `PATCH /invocations/{id}/<command>` handler."""
 
@@ -207,21 +280,47 @@ def _input_of(inv: str, frame: bytes | None) -> ppb.InputCommandMessage:
     except (protocol.ProtocolError, IndexError):
         msg = None
     if not isinstance(msg, ppb.InputCommandMessage):
-        raise Gone(f"The invocation '{inv}' cannot be restarted because the input is not available. In order to "
-                   "restart an invocation, the journal must be available in order to read the input again. "
-                   "Journal can be retained after completion by enabling journal retention.")
+        raise _input_gone(inv)
     return msg
 
 
-def _restart_from(request: web.Request) -> None:
-    """Check `from` (only 0, the input alone, is supported). Raises 400 / 422."""
+def _input_gone(inv: str) -> Gone:
+    return Gone(f"The invocation '{inv}' cannot be restarted because the input is not available. In order to "
+                "restart an invocation, the journal must be available in order to read the input again. "
+                "Journal can be retained after completion by enabling journal retention.")
+
+
+def _restart_from(request: web.Request) -> int:
+    """`from`: the last journal index copied (0: the input alone). Raises 400."""
     raw = request.query.get("from")
     if raw is None:
-        return
+        return 0
     if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"Failed to deserialize query string: from: invalid digit found in string: {raw}")
-    if int(raw) != 0:
-        raise UnprocessableEntity("Restarting from a journal index other than 0 is not supported")
+    return int(raw)
+
+
+def _unsupported(inv: str) -> UnprocessableEntity:
+    return UnprocessableEntity(f"Restarting the invocation '{inv}' is not supported. Restarting workflows is not "
+                               "supported, and restarting invocations created using the old service protocol.")
+
+
+def _restart_refusal(inv: str, outcome: CommandOutcome) -> IngressError:
+    """The error for a restart-as-new the worker refused (Restate's texts)."""
+    if outcome is CommandOutcome.NOT_FOUND:
+        return NotFound(f"The requested invocation '{inv}' does not exist")
+    if outcome is CommandOutcome.WRONG_STATE:
+        return TooEarly(f"The invocation '{inv}' cannot be restarted because it's not running yet.")
+    if outcome is CommandOutcome.NOT_COMPLETED:
+        return Conflict(f"The invocation '{inv}' is still running.")
+    if outcome is CommandOutcome.MISSING_INPUT:
+        return _input_gone(inv)
+    if outcome is CommandOutcome.UNSUPPORTED:
+        return _unsupported(inv)
+    if outcome is CommandOutcome.COPY_RANGE_INVALID:
+        return BadRequest(f"The prefix of the journal '{inv}' up to 'from' (included) contains some Commands "
+                          "without respective Completions.")
+    return IngressError(f"unexpected answer {outcome.value} to restart-as-new of invocation '{inv}'")
 
 
 def _restart_request(old: Restartable, msg: ppb.InputCommandMessage, partitions: int, snapshot: SchemaSnapshot,
@@ -247,9 +346,11 @@ async def restart_as_new(request: web.Request) -> web.Response:
     410, 422, 425 (see the module docstring) or 503 `PartitionUnavailable`."""
     control = request.app[INVOCATIONS]
     inv_id = _invocation_id(request.match_info["invocation_id"])
-    _restart_from(request)
+    from_index = _restart_from(request)
+    patch = parse_patch(request.query.get("deployment"), Patch.LATEST)
     inv = str(inv_id)
-    old = await _read_restartable(request, inv, partition_of(inv_id.partition_key, control.partitions))
+    partition = partition_of(inv_id.partition_key, control.partitions)
+    old = await _read_restartable(request, inv, partition)
     if old.kind is HandlerKind.WORKFLOW:
         raise UnprocessableEntity(f"Restarting the invocation '{inv}' is not supported, because it is a workflow "
                                   "invocation.")
@@ -257,8 +358,19 @@ async def restart_as_new(request: web.Request) -> web.Response:
     admin = request.app[ADMIN]
     snapshot = (await admin.state()).snapshot
     req = _restart_request(old, msg, control.partitions, snapshot, admin.settings.defaults)
-    receipt = await control.dispatcher.send(req)
-    return web.json_response({"new_invocation_id": receipt.invocation_id or req.invocation_id})
+    if from_index == 0 and patch.patch is Patch.LATEST:  # the input alone, on the latest deployment
+        receipt = await control.dispatcher.send(req)
+        return web.json_response({"new_invocation_id": receipt.invocation_id or req.invocation_id})
+    _, _, pin = await _read_pin(request, inv, partition)
+    if from_index > 0 and (pin is None or pin.protocol_version < MIN_PROTOCOL_FROM_PREFIX):
+        raise _unsupported(inv)
+    restart = RestartRequest(inv, partition, from_index, str(new_invocation_id(inv_id.partition_key)),
+                             restart_pin(inv, old.service, pin, patch, snapshot), req.completion_retention_ms,
+                             req.journal_retention_ms)
+    outcome = await control.dispatcher.restart_as_new(restart)
+    if outcome is not CommandOutcome.DONE:
+        raise _restart_refusal(inv, outcome)
+    return web.json_response({"new_invocation_id": restart.new_invocation_id})
 
 
 # ---- invocations per status (a Prometheus gauge) -----------------------------------------------
@@ -309,7 +421,9 @@ async def status_counts(app: web.Application) -> AsyncIterator[None]:
 def routes(prefix: str) -> list[web.RouteDef]:
     """The lifecycle routes under `prefix` ("" or "/v2" ...)."""
     base = f"{prefix}/invocations/{{invocation_id}}"
-    found = [web.patch(f"{base}/{command.value}", command_route(command)) for command in Command]
+    found = [web.patch(f"{base}/{command.value}", command_route(command)) for command in Command
+             if command is not Command.RESUME]
+    found.append(web.patch(f"{base}/resume", resume_invocation))
     found.append(web.patch(f"{base}/restart-as-new", restart_as_new))
     found.append(web.delete(base, delete_invocation))
     return found

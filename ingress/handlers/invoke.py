@@ -219,6 +219,7 @@ def _invocation_request(
         body=body,
         headers=headers,
         idempotency_key=recorded_key,
+        idempotency_key_generated=recorded_key is not None and idempotency_key is None,
         completion_retention_ms=completion_ms,
         journal_retention_ms=journal_ms,
         execution_time_ms=None if delay_ms is None else time.time_ns() // 1_000_000 + delay_ms,

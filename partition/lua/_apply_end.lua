@@ -8,37 +8,48 @@
 -- never outlives its invocation, Restate's cap): the input entry is moved from the hash to the
 -- head of the journal list, so the list is the whole journal (index 0 = input) and expires in one
 -- piece on its own (PEXPIRE). Without journal retention the journal is dropped.
+-- True when the journal is kept.
 local function retain_journal(journal_ms, retention_ms)
   local keep_ms = math.min(journal_ms, retention_ms)
   if keep_ms <= 0 then
     redis.call('DEL', KEYS[7])
-    return
+    return false
   end
   local input = redis.call('HGET', KEYS[2], F_INPUT)
   if input then
     redis.call('LPUSH', KEYS[7], input)
   end
   redis.call('PEXPIRE', KEYS[7], keep_ms)
+  return true
 end
 
 -- What a completed invocation keeps besides its status, result and expiry: each field has a
 -- reader of completed invocations (docs/lifecycle.md, "Cost"). Target and kind: /query and the
 -- CLI, purge (a workflow's state), restart-as-new; scope: locating its keys (target_of); `cret`:
 -- /query's completed_at (`exp` - `cret`); `exec` and `rq`: a duplicate's execution time and
--- whether it re-sends the creating request (accept). Everything else only matters while it runs.
+-- whether it re-sends the creating request (accept); `idk` (a client's idempotency key) and `by`
+-- (its calling handler): /query. A plain call from the ingress has neither, nor `rq`. Everything else only matters while it runs.
 local completed_fields = {F_SERVICE, F_HANDLER, F_KEY, F_KIND, F_SCOPE, F_LIMIT_KEY, F_COMPLETION_RETENTION,
-                          F_EXECUTION_TIME, F_REQUEST_NONCE}
+                          F_EXECUTION_TIME, F_REQUEST_NONCE, F_IDEMPOTENCY_KEY, F_INVOKED_BY}
+-- ... and with a retained journal its deployment pin and random seed: restart-as-new needs them
+-- (`deployment=keep`, the pinned protocol version; a restart from a prefix keeps the seed, absent
+-- for most: derived from the id), and without the journal there is nothing to restart.
+local completed_with_journal = {F_SERVICE, F_HANDLER, F_KEY, F_KIND, F_SCOPE, F_LIMIT_KEY,
+                                F_COMPLETION_RETENTION, F_EXECUTION_TIME, F_REQUEST_NONCE, F_IDEMPOTENCY_KEY,
+                                F_INVOKED_BY, F_PINNED_DEPLOYMENT, F_PINNED_PROTOCOL, F_RANDOM_SEED}
 
 -- Keep the completed invocation for `retention_ms`, written afresh: status, result and expiry
--- first, then `completed_fields` (the input, the notification index, the answered parents and the
+-- first, then `completed_fields` (`completed_with_journal` when the journal is kept: `journal_kept`;
+-- the input, the notification index, the answered parents and the
 -- attempt bookkeeping go). A new hash, not HDELs: a hash that ever held a value over
 -- hash-max-ziplist-value (the input frame, usually) stays a hashtable, three to five times the size.
 -- A workflow keeps its state and promises as long. Returns the expiry (ms).
-local function retain(run, retention_ms, kind)
-  local kept = redis.call('HMGET', KEYS[2], unpack(completed_fields))
+local function retain(run, retention_ms, kind, journal_kept)
+  local fields = journal_kept and completed_with_journal or completed_fields
+  local kept = redis.call('HMGET', KEYS[2], unpack(fields))
   local exp = tostring(tonumber(run.now) + retention_ms)
   local record = {F_STATUS, ST_COMPLETED, F_RESULT, run.result, F_EXPIRES, exp}
-  for i, f in ipairs(completed_fields) do
+  for i, f in ipairs(fields) do
     if kept[i] then
       record[#record + 1] = f
       record[#record + 1] = kept[i]
@@ -95,8 +106,8 @@ local function complete(run)
   local notified = notify_parents(KEYS[9], meta[3], run.result)
   local exp = ''
   if retention_ms > 0 then
-    retain_journal(tonumber(meta[5] or '0'), retention_ms)
-    exp = retain(run, retention_ms, meta[2])
+    local journal_kept = retain_journal(tonumber(meta[5] or '0'), retention_ms)
+    exp = retain(run, retention_ms, meta[2], journal_kept)
   else
     redis.call('DEL', KEYS[2], KEYS[7])
   end

@@ -3,7 +3,8 @@
 -- The index key is derived from the invocation hash key (`sg:{pI}:inv:<id>` -> `sg:{pI}:idx`):
 -- the same hash tag, so the same slot.
 -- Entries whose hash is gone (completed without retention, expired) are pruned by the readers
--- (`ingress/admin/query/scan.lua`, atomically with the existence check) and by purge.
+-- (`ingress/admin/query/scan.lua`, atomically with the existence check); purge, and a kill or
+-- cancel that removes a never-started invocation, drop theirs at once.
 
 -- The index key of the partition whose invocation hash is `inv_key`.
 local function index_key(inv_key)

@@ -11,6 +11,8 @@
 --   END:     ARGV[9]=encoded result field (invocation.Result.encode)
 --   SUSPEND: ARGV[9]=awaited notification keys as ' c1 s1 n<hex> ' ARGV[10]=the apply's nonce
 --   ERROR:   ARGV[9]=next status (backing-off | paused) ARGV[10]=retry at ms ARGV[11]=failure message
+-- ARGV[APPLY_PIN_ARG], ARGV[APPLY_PIN_ARG + 1]=the deployment the attempt went to and its protocol
+--   version ('' when the invocation is pinned already): stored if the attempt stored an entry
 -- ARGV[APPLY_FIRST_OP..]=ops: an opcode, then OP_ARGS[opcode] arguments (invocation.encode_ops)
 -- returns {FENCED} | {BAD_STATE, status or ''} (nothing stored)
 --       | {OK, expires ms or '', next id or '', {next hash}, {next state}, {woken}, parents notified}  (END)
@@ -49,6 +51,11 @@ end
 redis.call('HSET', KEYS[2], F_ATTEMPTS, ARGV[5])
 if run.grew then
   redis.call('HSET', KEYS[2], F_LAST_GROWTH, run.now)  -- duration_since_last_stored_entry
+  -- Restate pins the deployment with the first entry an attempt stores; later attempts go there.
+  if ARGV[APPLY_PIN_ARG] ~= '' and redis.call('HEXISTS', KEYS[2], F_PINNED_DEPLOYMENT) == 0 then
+    redis.call('HSET', KEYS[2], F_PINNED_DEPLOYMENT, ARGV[APPLY_PIN_ARG],
+               F_PINNED_PROTOCOL, ARGV[APPLY_PIN_ARG + 1])
+  end
 end
 if terminal == TERM_SUSPEND then
   return apply_suspend(run)

@@ -20,6 +20,7 @@ if st == ST_SCHEDULED or st == ST_INBOXED then
   vq_release(KEYS[2], id, redis.call('HGET', KEYS[2], F_VQUEUE), KEYS[6], redis.call('TIME')[1] * 1000)
   local notified = notify_parents(KEYS[7], redis.call('HGET', KEYS[2], F_PARENTS), ARGV[3])
   redis.call('DEL', KEYS[2], KEYS[5])
+  index_remove(KEYS[2], id)
   return {MANAGE_DONE, st, notified}
 end
 append_note(KEYS[2], KEYS[5], ARGV[4], ARGV[5])

@@ -23,6 +23,7 @@ if st == ST_SCHEDULED or st == ST_INBOXED then
   vq_release(KEYS[2], id, redis.call('HGET', KEYS[2], F_VQUEUE), KEYS[8], ARGV[3])
   local notified = notify_parents(KEYS[9], redis.call('HGET', KEYS[2], F_PARENTS), ARGV[5])
   redis.call('DEL', KEYS[2], KEYS[7])
+  index_remove(KEYS[2], id)
   return {MANAGE_DONE, st, '', '', {}, {}, notified, {}}
 end
 local run = {id = id, now = ARGV[3], result = ARGV[5], inv_prefix = ARGV[4], woken = {}}

@@ -449,6 +449,7 @@ async def test_invocation_request_fields(env: Env) -> None:
 
     expected = idempotent_invocation_id("Greeter", None, "greet", "ik1")
     assert user.invocation_id == str(expected) and user.idempotency_key == "ik1"
+    assert not user.idempotency_key_generated  # the client's key: recorded (sys_idempotency)
     assert user.partition == partition_of(expected.partition_key, PARTITIONS)
     assert (user.kind, user.completion_retention_ms, user.journal_retention_ms) == (
         HandlerKind.SERVICE,
@@ -458,6 +459,7 @@ async def test_invocation_request_fields(env: Env) -> None:
     assert user.body == b'"x"' and user.execution_time_ms is None
 
     assert generated.idempotency_key is not None and len(generated.idempotency_key) == 26  # ULID
+    assert generated.idempotency_key_generated  # not recorded, and no request nonce needed
     assert generated.invocation_id == str(
         idempotent_invocation_id("Greeter", None, "greet", generated.idempotency_key)
     )

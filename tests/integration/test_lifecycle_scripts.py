@@ -132,6 +132,7 @@ async def test_kill_of_a_never_started_invocation_removes_it_and_answers_its_par
         assert not await redis.exists(keys.invocation(P, t.invocation_id))  # nothing kept: output is 404
     assert await redis.lrange(keys.inbox(P, "Counter", "k"), 0, -1) == []
     assert await redis.zcard(keys.timers(P)) == 0
+    assert await redis.zrange(keys.invocation_index(P), 0, -1) == [holder.invocation_id.encode()]  # /query
     assert await redis.get(keys.lock(P, "Counter", "k")) == holder.invocation_id.encode()  # untouched
     assert _outbox_failures(await redis.lrange(keys.outbox(P), 0, -1)) == [
         ("inv_1parentAAAAAAAAAAAAAAAAAAAAAAAAAA", 409, "killed")]
@@ -187,6 +188,7 @@ async def test_cancel_of_a_scheduled_invocation_removes_it_and_answers_its_paren
         ManageOutcome.DONE, Status.SCHEDULED, 1)
     assert not await redis.exists(keys.invocation(P, t.invocation_id))  # nothing kept: output is 404
     assert await redis.zcard(keys.timers(P)) == 0  # it never runs
+    assert await redis.zcard(keys.invocation_index(P)) == 0  # /query does not list it
     assert _outbox_failures(await redis.lrange(keys.outbox(P), 0, -1)) == [
         ("inv_1parentAAAAAAAAAAAAAAAAAAAAAAAAAA", CANCELLED.code, CANCELLED.message)]
 

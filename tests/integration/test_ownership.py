@@ -122,10 +122,11 @@ async def test_joins_and_graceful_leaves_move_partitions_without_waiting_for_a_h
     a, b = _Node(redis, "w1", clock), _Node(redis, "w2", clock)
     await a.ownership.tick()
     assert a.owned == set(range(P))
+    already = await _subscribers(redis)  # the session's Redis may hold other tests' subscriptions
     loops = [asyncio.create_task(n.ownership.listen()) for n in (a, b)]
     loops.append(asyncio.create_task(a.ownership.run()))
     try:
-        await poll("both to subscribe", 5.0, _subscribed(redis, 2), interval_s=0.01)
+        await poll("both to subscribe", 5.0, _subscribed(redis, already + 2), interval_s=0.01)
         loops.append(asyncio.create_task(b.ownership.run()))
         expected_b = {p for p in range(P) if rendezvous_winner(["w1", "w2"], p) == "w2"}
         assert expected_b and expected_b != set(range(P))
@@ -140,10 +141,16 @@ async def test_joins_and_graceful_leaves_move_partitions_without_waiting_for_a_h
         await asyncio.gather(*loops, return_exceptions=True)
 
 
+async def _subscribers(redis: Redis) -> int:
+    numsub = await redis.pubsub_numsub(cluster_keys.MEMBERSHIP_CHANNEL)
+    return int(numsub[0][1]) if numsub else 0
+
+
 def _subscribed(redis: Redis, count: int) -> Callable[[], Awaitable[bool | None]]:
+    """True once the membership channel has `count` subscribers (a join announced before the
+    other node listens would wake nobody: the manual clock never runs a heartbeat)."""
     async def probe() -> bool | None:
-        numsub = await redis.pubsub_numsub(cluster_keys.MEMBERSHIP_CHANNEL)
-        return True if numsub and numsub[0][1] >= count else None
+        return True if await _subscribers(redis) >= count else None
 
     return probe
 

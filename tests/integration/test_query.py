@@ -287,3 +287,26 @@ async def test_a_large_answer_is_streamed_batch_by_batch(admin: str, accept: str
         assert json.loads(body) == {"rows": []}
     else:
         assert pa.ipc.open_stream(body).read_all().num_rows == 0
+
+
+async def test_sys_idempotency_lists_the_keys_clients_gave_and_invoked_by_names_the_sender(
+        world: World, admin: str) -> None:
+    keyed = idempotent_invocation_id("Greeter", None, "greet", "client-key")
+    t = Target(partition_of(keyed.partition_key, PARTITIONS), str(keyed), "Greeter", None)
+    record = InvocationRecord(status=Status.INVOKED, service="Greeter", handler="greet", kind=HandlerKind.SERVICE,
+                              input_frame=b"", completion_retention_ms=RETAIN_MS, last_growth_ms=NOW_MS,
+                              idempotency_key="client-key", invoked_by="inv_1callerAAAAAAAAAAAAAAAAAAAAAAAAAA|Caller")
+    await world.scripts.accept(t, await world.token(t.partition), record)
+    plain = await world.accept("Greeter", None, "greet", 2, HandlerKind.SERVICE)  # from the ingress, no key kept
+    assert await rows(admin, "SELECT * FROM sys_idempotency") == [{
+        "partition_key": keyed.partition_key, "service_name": "Greeter", "service_handler": "greet",
+        "idempotency_key": "client-key", "invocation_id": t.invocation_id}]
+    got = await rows(admin, "SELECT id, idempotency_key, invoked_by, invoked_by_id, invoked_by_service_name "
+                            "FROM sys_invocation ORDER BY invoked_by DESC")
+    assert got == [
+        {"id": t.invocation_id, "idempotency_key": "client-key", "invoked_by": "service",
+         "invoked_by_id": "inv_1callerAAAAAAAAAAAAAAAAAAAAAAAAAA", "invoked_by_service_name": "Caller"},
+        {"id": plain.invocation_id, "invoked_by": "ingress"}]
+    await world.kill(t)  # completed and retained: the key is still listed
+    assert [r["invocation_id"] for r in await rows(admin, "SELECT invocation_id FROM sys_idempotency")] == [
+        t.invocation_id]

@@ -73,6 +73,7 @@ def wrapper_calls(s: Scripts, t: Target) -> list[Callable[[], Awaitable[Any]]]:
         lambda: s.pause(p, inv, TOKEN),
         lambda: s.resume(p, inv, TOKEN),
         lambda: s.attach(p, inv, TOKEN, "caller", 0, 1, False),  # a handler's attach / get-output
+        lambda: s.restart(p, inv, TOKEN, 0, 1, record, f"{inv}-new", [b"entry"], ["c1"]),  # restart-as-new
     ]
     if hasattr(s, "scope_limits"):  # flow control's transition (new concurrency limits)
         calls.append(lambda: s.scope_limits(p, TOKEN, 0, [("bucket", 1)]))

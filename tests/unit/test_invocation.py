@@ -114,6 +114,8 @@ FULL = InvocationRecord(
     request_nonce=b"\x00nonce", parents="inv_1a|3|2,", attempts=2, last_growth_ms=1234,
     waiting_for=" c1 ", last_failure="[500] boom", result=Result(409, "nope"), expires_ms=70_000,
     scope="tenant", limit_key="u1/l2", vqueue="tenant", apply_nonce=b"\x01nonce",
+    pinned_deployment_id="dp_1pin", pinned_protocol_version=6, random_seed=2**63 + 5,
+    idempotency_key="my-key", invoked_by="inv_1caller|Caller",
     journal_retention_ms=30_000,
 )
 
@@ -171,6 +173,20 @@ def test_new_record_is_built_from_the_request() -> None:
     req.ClearField("key")
     req.ClearField("parent")
     assert new_record(req, 1000).key is None and new_record(req, 1000).parents == ""
+
+
+def test_new_record_keeps_a_clients_idempotency_key_and_the_sender_but_not_a_generated_key() -> None:
+    req = spb.InvokeRequest(partition=1, invocation_id="inv_x", service="Greeter", handler="greet",
+                            idempotency_key="client-key", request_nonce=b"nonce", invoked_by="inv_c|Caller")
+    rec = new_record(req, 1000)
+    assert (rec.idempotency_key, rec.request_nonce, rec.invoked_by) == ("client-key", b"nonce", "inv_c|Caller")
+    req.idempotency_key_generated = True
+    rec = new_record(req, 1000)  # its duplicates are re-sends: neither the key nor a nonce is kept
+    assert (rec.idempotency_key, rec.request_nonce) == (None, b"")
+    req.ClearField("idempotency_key")
+    req.ClearField("invoked_by")
+    rec = new_record(req, 1000)
+    assert (rec.idempotency_key, rec.request_nonce, rec.invoked_by) == (None, b"nonce", None)
 
 
 def test_stored_result_reads_status_result_and_expiry() -> None:

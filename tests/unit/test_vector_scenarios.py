@@ -932,6 +932,7 @@ def test_l1_call_suspend() -> None:
         service="Greeter", handler="greet", body=b'"Bob"', kind=spb.HANDLER_KIND_SERVICE,
         completion_retention_ms=DAY_MS, journal_retention_ms=DAY_MS,  # a plain child: the journal retention
         parent=spb.Parent(invocation_id=ctx.invocation_id, partition=ctx.partition, result_completion_id=2),
+        invoked_by=f"{ctx.invocation_id}|{ctx.service}",  # the caller, kept for /query's invoked_by
     ))
     assert plan.entries == [call, id_note]
     assert plan.outbox == 1
@@ -999,6 +1000,7 @@ def test_m_one_way_call() -> None:
         partition=partition_of(child.partition_key, PARTITIONS), invocation_id=str(child),
         service="Greeter", handler="greet", body=b'"Bob"', kind=spb.HANDLER_KIND_SERVICE,
         completion_retention_ms=DAY_MS, journal_retention_ms=DAY_MS, execution_time_ms=due,
+        invoked_by=f"{ctx.invocation_id}|{ctx.service}",  # a one-way send also names its sender
     )
     assert the_outbox_op(plan) == spb.OutboxMessage(invoke=expected)
     assert not the_outbox_op(plan).invoke.HasField("parent")  # nobody waits for the result

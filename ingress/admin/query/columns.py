@@ -21,7 +21,7 @@ _STATUS_COMMON: list[tuple[str, pa.DataType]] = [
     ("target_service_key", TEXT), ("target_handler_name", TEXT), ("target_service_ty", TEXT),
     ("idempotency_key", TEXT), ("invoked_by", TEXT), ("invoked_by_service_name", TEXT),
     ("invoked_by_id", TEXT), ("invoked_by_target", TEXT), ("pinned_deployment_id", TEXT),
-    ("trace_id", TEXT), ("journal_size", U32), ("created_at", TIME), ("modified_at", TIME),
+    ("pinned_service_protocol_version", U32), ("trace_id", TEXT), ("journal_size", U32), ("created_at", TIME), ("modified_at", TIME),
     ("inboxed_at", TIME), ("scheduled_at", TIME), ("scheduled_start_at", TIME), ("running_at", TIME),
     ("completed_at", TIME),
 ]

@@ -2,9 +2,12 @@
 
 Statuses: the stored one (`sys_invocation_status.status`) and Restate's derived one
 (`sys_invocation.status`, `SQL_STATUS`). Columns shardgate does not record are NULL:
-`idempotency_key`, `trace_id`, `running_at`, `last_start_at`; `pinned_deployment_id` and
-`last_attempt_deployment_id` name the deployment the service is registered on now, once the
-invocation has started; `invoked_by_id` is known while the calling parent still waits.
+`trace_id`, `running_at`, `last_start_at`, `invoked_by_target`; `idempotency_key` is the key a
+client (or a calling handler) gave, not one the ingress generated; `invoked_by*` name the
+invocation whose handler sent this one (`by`, kept from its accept); `pinned_deployment_id` and
+`pinned_service_protocol_version` are the stored pin (set with the first journal entry; a completed
+invocation keeps it with its journal), and `last_attempt_deployment_id` the pinned deployment, else
+the one the service is registered on now once the invocation has started.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from ingress.admin.query.store import (
     F_EXECUTION_TIME,
     F_EXPIRES,
     F_HANDLER,
+    F_IDEMPOTENCY_KEY,
+    F_INVOKED_BY,
     F_KEY,
     F_KIND,
     F_LAST_FAILURE,
     F_LAST_GROWTH,
-    F_PARENTS,
+    F_PINNED_DEPLOYMENT,
+    F_PINNED_PROTOCOL,
     F_RESULT,
     F_RETENTION,
     F_SERVICE,
@@ -98,8 +104,10 @@ def _modified(rows: InvocationRows) -> list[datetime | None]:
     return out
 
 
-def _parents(rows: InvocationRows) -> list[str | None]:
-    return [(p or "").split("|", 1)[0] or None for p in _texts(_col(rows, F_PARENTS))]
+def _callers(rows: InvocationRows) -> list[tuple[str, str] | None]:
+    """(id, service) of the invocation that sent each one (`<id>|<service>`); None: the ingress."""
+    return [tuple(by.split("|", 1)) if by and "|" in by else None  # type: ignore[misc]
+            for by in _texts(_col(rows, F_INVOKED_BY))]
 
 
 def _times(ms: list[int | None]) -> list[datetime | None]:
@@ -120,8 +128,12 @@ class Columns:
             "target_service_key": lambda r: _texts(_col(r, F_KEY)),
             "target_handler_name": lambda r: _texts(_col(r, F_HANDLER)),
             "target_service_ty": self._service_ty,
-            "invoked_by": lambda r: ["service" if p else "ingress" for p in _parents(r)], "invoked_by_id": _parents,
-            "pinned_deployment_id": lambda r: [d[0] for d in self._deployments(r)],
+            "invoked_by": lambda r: ["service" if c else "ingress" for c in _callers(r)],
+            "invoked_by_id": lambda r: [c[0] if c else None for c in _callers(r)],
+            "invoked_by_service_name": lambda r: [c[1] if c else None for c in _callers(r)],
+            "idempotency_key": lambda r: _texts(_col(r, F_IDEMPOTENCY_KEY)),
+            "pinned_deployment_id": lambda r: _texts(_col(r, F_PINNED_DEPLOYMENT)),
+            "pinned_service_protocol_version": lambda r: _ints(_col(r, F_PINNED_PROTOCOL)),
             "last_attempt_deployment_id": lambda r: [d[0] for d in self._deployments(r)],
             "last_attempt_server": lambda r: [d[1] for d in self._deployments(r)],
             # a running invocation's input is in its hash, a completed one's heads its retained journal
@@ -154,13 +166,15 @@ class Columns:
     def _deployments(self, rows: InvocationRows) -> list[tuple[str | None, str | None]]:
         """(deployment id, SDK version) each invocation that started runs on."""
         out: list[tuple[str | None, str | None]] = []
-        for service, status in zip(_texts(_col(rows, F_SERVICE)), _texts(_col(rows, F_STATUS)), strict=True):
+        for service, status, pinned in zip(_texts(_col(rows, F_SERVICE)), _texts(_col(rows, F_STATUS)),
+                                           _texts(_col(rows, F_PINNED_DEPLOYMENT)), strict=True):
             svc = self._snapshot.services.get(service or "")
-            if svc is None or status in NOT_STARTED:
+            dep_id = pinned if pinned is not None else svc.deployment_id if svc is not None else None
+            if dep_id is None or status in NOT_STARTED:
                 out.append((None, None))
                 continue
-            dep = self._snapshot.deployments.get(svc.deployment_id)
-            out.append((svc.deployment_id, dep.sdk_version if dep is not None else None))
+            dep = self._snapshot.deployments.get(dep_id)
+            out.append((dep_id, dep.sdk_version if dep is not None else None))
         return out
 
     def values(self, column: str, rows: InvocationRows) -> list[Any]:

@@ -26,6 +26,8 @@ from shardgate.sharding import InvocationId, InvocationIdError, partition_key_fo
 F_STATUS, F_SERVICE, F_HANDLER, F_KEY, F_KIND = "st", "svc", "hdl", "key", "kind"
 F_INPUT, F_RETENTION, F_EXECUTION_TIME, F_PARENTS = "in", "cret", "exec", "pars"
 F_ATTEMPTS, F_LAST_GROWTH, F_LAST_FAILURE, F_RESULT, F_EXPIRES = "att", "lg", "lerr", "res", "exp"
+F_PINNED_DEPLOYMENT, F_PINNED_PROTOCOL = "dp", "pv"
+F_IDEMPOTENCY_KEY, F_INVOKED_BY = "idk", "by"
 RETRY_TIMER_PREFIX = "r|"  # partition.keys.timer_prefix(TimerKind.RETRY)
 CHUNK = 1000  # invocations per scan.lua call: each call holds Redis for a few milliseconds
 

@@ -23,12 +23,15 @@ from ingress.admin.query.store import (
     F_EXECUTION_TIME,
     F_EXPIRES,
     F_HANDLER,
+    F_IDEMPOTENCY_KEY,
     F_INPUT,
+    F_INVOKED_BY,
     F_KEY,
     F_KIND,
     F_LAST_FAILURE,
     F_LAST_GROWTH,
-    F_PARENTS,
+    F_PINNED_DEPLOYMENT,
+    F_PINNED_PROTOCOL,
     F_RESULT,
     F_RETENTION,
     F_SERVICE,
@@ -48,10 +51,13 @@ Row = dict[str, Any]
 # invocation column -> hash fields it is computed from (status, service and key are always read)
 _COLUMN_FIELDS: dict[str, tuple[str, ...]] = {
     "target": (F_HANDLER,), "target_handler_name": (F_HANDLER,), "target_service_ty": (F_KIND,),
-    "invoked_by": (F_PARENTS,), "invoked_by_id": (F_PARENTS,), "retry_count": (F_ATTEMPTS,),
+    "invoked_by": (F_INVOKED_BY,), "invoked_by_id": (F_INVOKED_BY,), "invoked_by_service_name": (F_INVOKED_BY,),
+    "idempotency_key": (F_IDEMPOTENCY_KEY,), "service_handler": (F_HANDLER,), "retry_count": (F_ATTEMPTS,),
     "last_failure": (F_LAST_FAILURE,), "modified_at": (F_LAST_GROWTH, F_EXPIRES, F_RETENTION),
     "completed_at": (F_EXPIRES, F_RETENTION), "scheduled_at": (F_EXECUTION_TIME,),
     "scheduled_start_at": (F_EXECUTION_TIME,), "completion_result": (F_RESULT,), "completion_failure": (F_RESULT,),
+    "pinned_deployment_id": (F_PINNED_DEPLOYMENT,), "pinned_service_protocol_version": (F_PINNED_PROTOCOL,),
+    "last_attempt_deployment_id": (F_PINNED_DEPLOYMENT,), "last_attempt_server": (F_PINNED_DEPLOYMENT,),
 }
 # invocation table -> (id column, service column, key column, status column)
 _NAMES = {
@@ -60,6 +66,7 @@ _NAMES = {
     "sys_invocation_state": ("id", "", "", ""),
     "sys_inbox": ("id", "service_name", "service_key", ""),
     "sys_keyed_service_status": ("invocation_id", "service_name", "service_key", ""),
+    "sys_idempotency": ("invocation_id", "service_name", "service_key", ""),
 }
 _ALL_STORED = frozenset(SQL_STATUS)
 
@@ -122,6 +129,8 @@ _RENAMES: dict[str, dict[str, str]] = {
                   "sequence_number": "accepted_ms"},
     "sys_keyed_service_status": {"service_name": "target_service_name", "service_key": "target_service_key",
                                  "invocation_id": "id"},
+    "sys_idempotency": {"service_name": "target_service_name", "service_key": "target_service_key",
+                        "service_handler": "target_handler_name", "invocation_id": "id"},
 }
 LOCKING_KINDS = frozenset({"exclusive", "workflow"})
 
@@ -130,6 +139,8 @@ def invocation_arrow(table: str, rows: InvocationRows, columns: set[str] | None,
     """Invocation rows as table `table`, computing only `columns` (None: all; the rest NULL)."""
     if table == "sys_keyed_service_status":
         rows = rows.where([(k or b"").decode() in LOCKING_KINDS for k in rows.values[F_KIND]])
+    elif table == "sys_idempotency":  # the invocations a client's idempotency key names
+        rows = rows.where([k is not None for k in rows.values[F_IDEMPOTENCY_KEY]])
     rename = _RENAMES.get(table, {})
     schema = SCHEMAS[table]
     arrays = [pa.array(cols.values(rename.get(f.name, f.name), rows), type=f.type)
@@ -140,9 +151,13 @@ def invocation_arrow(table: str, rows: InvocationRows, columns: set[str] | None,
 async def invocation_table(store: QueryStore, snapshot: SchemaSnapshot, table: str, scan: Scan) -> pa.Table:
     f, ids = invocation_read(table, scan)
     wanted = scan.columns
-    rows = await store.invocations(fields_for(wanted), f, ids, retry=wanted is None or "next_retry_at" in wanted,
+    fields = fields_for(wanted)
+    filtered = table in ("sys_keyed_service_status", "sys_idempotency")  # rows dropped after the read
+    if table == "sys_idempotency" and F_IDEMPOTENCY_KEY not in fields:
+        fields.append(F_IDEMPOTENCY_KEY)
+    rows = await store.invocations(fields, f, ids, retry=wanted is None or "next_retry_at" in wanted,
                                    journal=wanted is None or "journal_size" in wanted,
-                                   fetch=None if table == "sys_keyed_service_status" else scan.fetch)  # kinds: after
+                                   fetch=None if filtered else scan.fetch)
     return invocation_arrow(table, rows, scan.columns, Columns(snapshot))
 
 
@@ -235,4 +250,4 @@ async def build_table(store: QueryStore, snapshot: SchemaSnapshot, table: str, s
         return arrow_table(table, await rule_rows(store.redis), scan.columns)
     if table == "sys_vqueues":
         return arrow_table(table, await vqueue_rows(store), scan.columns)
-    return arrow_table(table, [], scan.columns)  # sys_idempotency: idempotency keys are not recorded
+    return arrow_table(table, [], scan.columns)  # a table shardgate keeps nothing for

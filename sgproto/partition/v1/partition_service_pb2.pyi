@@ -39,6 +39,7 @@ class ManageCommand(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MANAGE_COMMAND_PURGE_JOURNAL: _ClassVar[ManageCommand]
     MANAGE_COMMAND_PAUSE: _ClassVar[ManageCommand]
     MANAGE_COMMAND_RESUME: _ClassVar[ManageCommand]
+    MANAGE_COMMAND_RESTART_AS_NEW: _ClassVar[ManageCommand]
 
 class ManageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,6 +50,9 @@ class ManageStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MANAGE_STATUS_COMPLETED: _ClassVar[ManageStatus]
     MANAGE_STATUS_NOT_COMPLETED: _ClassVar[ManageStatus]
     MANAGE_STATUS_WRONG_STATE: _ClassVar[ManageStatus]
+    MANAGE_STATUS_UNSUPPORTED: _ClassVar[ManageStatus]
+    MANAGE_STATUS_MISSING_INPUT: _ClassVar[ManageStatus]
+    MANAGE_STATUS_COPY_RANGE_INVALID: _ClassVar[ManageStatus]
 HANDLER_KIND_SERVICE: HandlerKind
 HANDLER_KIND_EXCLUSIVE: HandlerKind
 HANDLER_KIND_SHARED: HandlerKind
@@ -67,6 +71,7 @@ MANAGE_COMMAND_PURGE: ManageCommand
 MANAGE_COMMAND_PURGE_JOURNAL: ManageCommand
 MANAGE_COMMAND_PAUSE: ManageCommand
 MANAGE_COMMAND_RESUME: ManageCommand
+MANAGE_COMMAND_RESTART_AS_NEW: ManageCommand
 MANAGE_STATUS_DONE: ManageStatus
 MANAGE_STATUS_APPENDED: ManageStatus
 MANAGE_STATUS_ALREADY: ManageStatus
@@ -74,6 +79,9 @@ MANAGE_STATUS_NOT_FOUND: ManageStatus
 MANAGE_STATUS_COMPLETED: ManageStatus
 MANAGE_STATUS_NOT_COMPLETED: ManageStatus
 MANAGE_STATUS_WRONG_STATE: ManageStatus
+MANAGE_STATUS_UNSUPPORTED: ManageStatus
+MANAGE_STATUS_MISSING_INPUT: ManageStatus
+MANAGE_STATUS_COPY_RANGE_INVALID: ManageStatus
 
 class Header(_message.Message):
     __slots__ = ("key", "value")
@@ -84,7 +92,7 @@ class Header(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("partition", "invocation_id", "service", "handler", "key", "kind", "body", "headers", "idempotency_key", "completion_retention_ms", "journal_retention_ms", "execution_time_ms", "wait", "parent", "request_nonce", "scope", "limit_key")
+    __slots__ = ("partition", "invocation_id", "service", "handler", "key", "kind", "body", "headers", "idempotency_key", "completion_retention_ms", "journal_retention_ms", "execution_time_ms", "wait", "parent", "request_nonce", "scope", "limit_key", "idempotency_key_generated", "invoked_by")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +110,8 @@ class InvokeRequest(_message.Message):
     REQUEST_NONCE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    INVOKED_BY_FIELD_NUMBER: _ClassVar[int]
     partition: int
     invocation_id: str
     service: str
@@ -119,7 +129,9 @@ class InvokeRequest(_message.Message):
     request_nonce: bytes
     scope: str
     limit_key: str
-    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[HandlerKind, str]] = ..., body: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., completion_retention_ms: _Optional[int] = ..., journal_retention_ms: _Optional[int] = ..., execution_time_ms: _Optional[int] = ..., wait: _Optional[bool] = ..., parent: _Optional[_Union[Parent, _Mapping]] = ..., request_nonce: _Optional[bytes] = ..., scope: _Optional[str] = ..., limit_key: _Optional[str] = ...) -> None: ...
+    idempotency_key_generated: bool
+    invoked_by: str
+    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., service: _Optional[str] = ..., handler: _Optional[str] = ..., key: _Optional[str] = ..., kind: _Optional[_Union[HandlerKind, str]] = ..., body: _Optional[bytes] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., completion_retention_ms: _Optional[int] = ..., journal_retention_ms: _Optional[int] = ..., execution_time_ms: _Optional[int] = ..., wait: _Optional[bool] = ..., parent: _Optional[_Union[Parent, _Mapping]] = ..., request_nonce: _Optional[bytes] = ..., scope: _Optional[str] = ..., limit_key: _Optional[str] = ..., idempotency_key_generated: _Optional[bool] = ..., invoked_by: _Optional[str] = ...) -> None: ...
 
 class Parent(_message.Message):
     __slots__ = ("invocation_id", "partition", "result_completion_id")
@@ -231,22 +243,34 @@ class OutputResponse(_message.Message):
     def __init__(self, status: _Optional[_Union[OutputStatus, str]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
 
 class ManageRequest(_message.Message):
-    __slots__ = ("partition", "invocation_id", "command")
+    __slots__ = ("partition", "invocation_id", "command", "deployment_id", "restart_from", "new_invocation_id", "completion_retention_ms", "journal_retention_ms")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FROM_FIELD_NUMBER: _ClassVar[int]
+    NEW_INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_RETENTION_MS_FIELD_NUMBER: _ClassVar[int]
     partition: int
     invocation_id: str
     command: ManageCommand
-    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., command: _Optional[_Union[ManageCommand, str]] = ...) -> None: ...
+    deployment_id: str
+    restart_from: int
+    new_invocation_id: str
+    completion_retention_ms: int
+    journal_retention_ms: int
+    def __init__(self, partition: _Optional[int] = ..., invocation_id: _Optional[str] = ..., command: _Optional[_Union[ManageCommand, str]] = ..., deployment_id: _Optional[str] = ..., restart_from: _Optional[int] = ..., new_invocation_id: _Optional[str] = ..., completion_retention_ms: _Optional[int] = ..., journal_retention_ms: _Optional[int] = ...) -> None: ...
 
 class ManageResponse(_message.Message):
-    __slots__ = ("status", "invocation_status")
+    __slots__ = ("status", "invocation_status", "new_invocation_id")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     INVOCATION_STATUS_FIELD_NUMBER: _ClassVar[int]
+    NEW_INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
     status: ManageStatus
     invocation_status: str
-    def __init__(self, status: _Optional[_Union[ManageStatus, str]] = ..., invocation_status: _Optional[str] = ...) -> None: ...
+    new_invocation_id: str
+    def __init__(self, status: _Optional[_Union[ManageStatus, str]] = ..., invocation_status: _Optional[str] = ..., new_invocation_id: _Optional[str] = ...) -> None: ...
 
 class StreamInvoke(_message.Message):
     __slots__ = ("id", "request")
