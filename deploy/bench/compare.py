@@ -51,6 +51,7 @@ TS_SDK_SPECS = ("1.17.2", "~1.17.0", "^1.17.0", "^1")
 PY_APP = "tests.services.conformance_service:app"
 TARGET = "Greeter/greet"
 SERVERS = ("shardgate", "restate")
+ALL_SERVERS = ("shardgate", "baseline", "restate")  # the order of a table's columns
 SERVER_TITLES = {"shardgate": "shardgate (2 workers, 1 ingress, Redis)", "restate": f"Restate {RESTATE_VERSION}"}
 DEPLOYMENT_TITLES = {"ts": "TypeScript SDK deployment (node, HTTP/1.1 request-response)",
                      "py": "Python SDK deployment (hypercorn, HTTP/1.1 request-response)"}
@@ -229,10 +230,11 @@ def _latency_cell(results: Sequence[RoundResult]) -> str:
     return "-" if p50 == p99 == "-" else f"{p50} / {p99} ms"
 
 
-def _rows_for(scenario: str, by_server: Mapping[str, Sequence[RoundResult]]) -> list[tuple[str, list[str]]]:
+def _rows_for(scenario: str, by_server: Mapping[str, Sequence[RoundResult]],
+              servers: Sequence[str] = SERVERS) -> list[tuple[str, list[str]]]:
     """(label, one cell per server) rows of one scenario."""
     def cells(fn: Callable[[Sequence[RoundResult]], str]) -> list[str]:
-        return [fn(by_server.get(s, [])) for s in SERVERS]
+        return [fn(by_server.get(s, [])) for s in servers]
 
     if scenario == "call":
         rows = [(f"call {TARGET}", cells(lambda rs: format_range([r.rps for r in rs], "req/s")))]
@@ -253,7 +255,10 @@ def _rows_for(scenario: str, by_server: Mapping[str, Sequence[RoundResult]]) -> 
 
 
 def format_table(results: Sequence[RoundResult], settings: Mapping[str, Any]) -> str:
-    """One markdown table per deployment: shardgate vs Restate per scenario, ranges over rounds."""
+    """One markdown table per deployment: shardgate vs Restate (and the baseline tree, when one
+    ran) per scenario, ranges over rounds."""
+    servers = [s for s in ALL_SERVERS if s in SERVERS or any(r.server == s for r in results)]
+    titles = {**SERVER_TITLES, "baseline": f"shardgate baseline ({settings.get('baseline', '?')})"}
     out: list[str] = []
     for deployment in dict.fromkeys(r.deployment for r in results):
         mine = [r for r in results if r.deployment == deployment]
@@ -264,26 +269,27 @@ def format_table(results: Sequence[RoundResult], settings: Mapping[str, Any]) ->
                    f"{settings.get('duration_s', '?')} s each, {settings.get('connections', '?')} connections "
                    f"(ranges are min-max over rounds)")
         out.append("")
-        out.append(f"| | {SERVER_TITLES['shardgate']} | {SERVER_TITLES['restate']} |")
-        out.append("|---|---|---|")
+        out.append("| | " + " | ".join(titles[s] for s in servers) + " |")
+        out.append("|---|" + "---|" * len(servers))
         for scenario in dict.fromkeys(r.scenario for r in mine):
             by_server: dict[str, list[RoundResult]] = {}
             for r in mine:
                 if r.scenario == scenario:
                     by_server.setdefault(r.server, []).append(r)
-            for label, cells in _rows_for(scenario, by_server):
+            for label, cells in _rows_for(scenario, by_server, servers):
                 out.append(f"| {label} | " + " | ".join(cells) + " |")
-        rss = {s: format_range([r.rss_mb for r in mine if r.server == s], "MB") for s in SERVERS}
-        out.append(f"| RSS of the server processes | {rss['shardgate']} | {rss['restate']} |")
+        rss = [format_range([r.rss_mb for r in mine if r.server == s], "MB") for s in servers]
+        out.append("| RSS of the server processes | " + " | ".join(rss) + " |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
-def round_plan(deployments: Sequence[str], rounds: int, scenarios: Sequence[str]) -> list[tuple[str, int, str, str]]:
+def round_plan(deployments: Sequence[str], rounds: int, scenarios: Sequence[str],
+               servers: Sequence[str] = SERVERS) -> list[tuple[str, int, str, str]]:
     """(deployment, round, scenario, server) in run order: per deployment and round, each scenario
-    against shardgate then Restate, so the two servers alternate (A, B, A, B ...)."""
+    against shardgate then Restate (then the baseline), so the servers alternate (A, B, A, B ...)."""
     return [(d, n, sc, server) for d in deployments for n in range(1, rounds + 1) for sc in scenarios
-            for server in SERVERS]
+            for server in servers]
 
 
 # ---------------------------------------------------------------------------------- processes
@@ -544,21 +550,23 @@ def start_restate(procs: Processes, binary: Path, work: Path) -> Server:
     return Server("restate", ingress, admin, process_tree(child.pid))
 
 
-def _python_env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+def _python_env(root: Path = REPO_ROOT) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path}
 
 
-def start_shardgate(procs: Processes, work: Path) -> Server:
-    """Start `shardgate dev` on free ports with a fresh data dir; returns after its ready line."""
-    data_dir = work / "shardgate-data"
+def start_shardgate(procs: Processes, work: Path, root: Path = REPO_ROOT, name: str = "shardgate") -> Server:
+    """Start `shardgate dev` of the tree at `root` (this one by default; its modules go first on
+    PYTHONPATH, this venv's packages serve both) on free ports with a fresh data dir; returns after
+    its ready line."""
+    data_dir = work / f"{name}-data"
     argv = [sys.executable, "-m", "sgtools.cli", "dev", "--data-dir", str(data_dir), "--ingress-port", "0",
             "--admin-port", "0", "--workers", "2", "--log-level", "WARNING"]
-    child = procs.start("shardgate dev", argv, work / "shardgate-dev.log", env=_python_env())
-    wait_until("the shardgate dev ready line", lambda: "shardgate dev ready:" in child.log_tail(100_000),
+    child = procs.start(f"{name} dev", argv, work / f"{name}-dev.log", env=_python_env(root), cwd=root)
+    wait_until(f"the {name} dev ready line", lambda: "shardgate dev ready:" in child.log_tail(100_000),
                START_TIMEOUT_S, child)
     cluster = json.loads((data_dir / "cluster.json").read_text())
-    return Server("shardgate", str(cluster["ingress_url"]), str(cluster["admin_url"]), cluster_server_pids(cluster))
+    return Server(name, str(cluster["ingress_url"]), str(cluster["admin_url"]), cluster_server_pids(cluster))
 
 
 @dataclass
@@ -687,6 +695,9 @@ def compare(args: argparse.Namespace, procs: Processes, work: Path, settings: di
     binary = install_restate(cache)
     ts = install_ts_deployment(cache) if "ts" in deployments else None
     servers = {"shardgate": start_shardgate(procs, work), "restate": start_restate(procs, binary, work)}
+    if args.baseline is not None:  # the same load against another tree (before / after a change)
+        servers["baseline"] = start_shardgate(procs, work, args.baseline.resolve(), "baseline")
+        settings["baseline"] = str(args.baseline)
     results: list[RoundResult] = []
     for name in deployments:
         deployment = (start_ts_deployment(procs, ts[0], ts[1], work) if name == "ts" and ts is not None
@@ -695,7 +706,7 @@ def compare(args: argparse.Namespace, procs: Processes, work: Path, settings: di
             register(server, deployment)
             run_bench(procs, server, "call", args, work / f"warmup-{name}-{server.name}.log", WARMUP_S)
         settings.setdefault("deployments", {})[name] = deployment.description
-        for _, round_no, scenario, server_name in round_plan([name], args.rounds, scenarios):
+        for _, round_no, scenario, server_name in round_plan([name], args.rounds, scenarios, list(servers)):
             result = one_round(procs, servers[server_name], deployment, scenario, round_no, args, work)
             results.append(result)
             print(format_round(result), file=sys.stderr, flush=True)
@@ -719,6 +730,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="also write every round's figures here")
     ap.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help=f"install dir (default {CACHE_DIR})")
     ap.add_argument("--keep", action="store_true", help="keep the run dir (data dirs and logs) afterwards")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                    help="also run shardgate from this checkout (e.g. `git worktree add DIR <rev>`), alternating "
+                         "with the other two, for a before / after of a change")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1:
         ap.error("--rounds and --connections must be >= 1, --duration > 0")

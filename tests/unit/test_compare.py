@@ -136,3 +136,13 @@ def test_table_puts_shardgate_and_restate_side_by_side() -> None:
 def test_table_shows_a_dash_for_a_server_without_rounds() -> None:
     text = compare.format_table([result("shardgate", "call", 1, 500.0, 2.0, 280.0)], {})
     assert "| call Greeter/greet | 500 req/s | - |" in text.splitlines()
+
+
+def test_a_baseline_tree_gets_its_own_column_and_turn() -> None:
+    rounds = [result("shardgate", "call", 1, 500.0, 2.0, 280.0), result("baseline", "call", 1, 400.0, 2.5, 270.0),
+              result("restate", "call", 1, 800.0, 1.0, 300.0)]
+    lines = compare.format_table(rounds, {"baseline": "/tmp/base"}).splitlines()
+    assert "| | shardgate (2 workers, 1 ingress, Redis) | shardgate baseline (/tmp/base) | Restate 1.7.12 |" in lines
+    assert "| call Greeter/greet | 500 req/s | 400 req/s | 800 req/s |" in lines
+    plan = compare.round_plan(["ts"], 1, ["call"], ["shardgate", "restate", "baseline"])
+    assert [server for *_, server in plan] == ["shardgate", "restate", "baseline"]
