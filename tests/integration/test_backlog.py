@@ -108,14 +108,20 @@ class HeldProbe:
         self._task.cancel()
 
 
-@pytest.fixture
-async def service(redis: Redis, gate_deployment: str) -> AsyncIterator[PartitionService]:
+async def _owner(redis: Redis, gate_deployment: str) -> tuple[PartitionService, Invoker, Scripts]:
+    """A partition service (not yet owning anything) under this module's small bounds."""
     scripts = Scripts(redis)
     invoker = Invoker(connect_timeout_s=5.0)
     await invoker.start()
     schema = _schema(gate_deployment)
     svc = PartitionService(redis, scripts, invoker, lambda: schema, P, MAX_CONCURRENT, ready=READY,
                            max_backlog=MAX_BACKLOG)
+    return svc, invoker, scripts
+
+
+@pytest.fixture
+async def service(redis: Redis, gate_deployment: str) -> AsyncIterator[PartitionService]:
+    svc, invoker, scripts = await _owner(redis, gate_deployment)
     for p in range(P):
         svc.on_acquired(p, await lease_token(scripts, p, ttl_ms=120_000))
     yield svc
@@ -167,12 +173,7 @@ async def test_a_killed_worker_with_a_backlog_loses_nothing(
     await poll("the old owner to let go", DEADLINE_S,
                lambda: _true(service.driver.held == 0 and service.driver.waiting == 0),
                diag=lambda: _state(service, redis, gate_dir))
-    scripts = Scripts(redis)
-    invoker = Invoker(connect_timeout_s=5.0)
-    await invoker.start()
-    schema = _schema(gate_deployment)
-    heir = PartitionService(redis, scripts, invoker, lambda: schema, P, MAX_CONCURRENT, ready=READY,
-                            max_backlog=MAX_BACKLOG)
+    heir, invoker, scripts = await _owner(redis, gate_deployment)
     try:
         for p in range(P):
             await redis.delete(keys.lease(p))
