@@ -51,6 +51,12 @@ class PartitionConfig:
     (SHARDGATE_DRAIN_GRACE_S)."""
     redis_timeout_s: float = 5.0
     """Socket timeout of every Redis command (SHARDGATE_REDIS_TIMEOUT_S)."""
+    redis_wait_replicas: int = 0
+    """Replicas every transition waits for (Redis WAIT) before it counts as done, so nothing
+    acknowledged is lost by a failover; 0 = off (SHARDGATE_REDIS_WAIT_REPLICAS)."""
+    redis_wait_timeout_ms: int = 1000
+    """How long a transition waits for those replicas; then it fails as a lost reply and is
+    retried (SHARDGATE_REDIS_WAIT_TIMEOUT_MS)."""
     max_protocol_version: int = 6
     """Highest service-protocol version offered to deployments: 6 (Restate 1.7's default) or 7
     (SHARDGATE_MAX_PROTOCOL_VERSION)."""
@@ -84,6 +90,8 @@ class PartitionConfig:
             ready_invocations=env_int(env, "READY_INVOCATIONS", cls.ready_invocations, minimum=0),
             max_backlog_invocations=env_int(env, "MAX_BACKLOG_INVOCATIONS", cls.max_backlog_invocations, minimum=0),
             redis_timeout_s=env_float(env, "REDIS_TIMEOUT_S", cls.redis_timeout_s),
+            redis_wait_replicas=env_int(env, "REDIS_WAIT_REPLICAS", cls.redis_wait_replicas, minimum=0),
+            redis_wait_timeout_ms=env_int(env, "REDIS_WAIT_TIMEOUT_MS", cls.redis_wait_timeout_ms, minimum=1),
             drain_grace_s=env_float(env, "DRAIN_GRACE_S", cls.drain_grace_s),
             max_protocol_version=_protocol_version(env_int(env, "MAX_PROTOCOL_VERSION", cls.max_protocol_version)),
             request_identity_key_file=env_str(env, "REQUEST_IDENTITY_KEY_FILE", "") or None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class PartitionError(Exception):
@@ -65,6 +66,13 @@ class StoreUnavailable(PartitionError):
 
     def __init__(self) -> None:
         super().__init__("state store unavailable, retry")
+
+
+class NotReplicated(RedisTimeoutError):
+    """A transition ran on the primary but fewer replicas than SHARDGATE_REDIS_WAIT_REPLICAS
+    acknowledged it within SHARDGATE_REDIS_WAIT_TIMEOUT_MS: treated as a lost reply (the outcome
+    is unknown, nothing is acknowledged to a client on it; the driver retries an `apply`, an RPC
+    answers UNAVAILABLE and the ingress re-sends, which is idempotent)."""
 
 
 class InternalError(PartitionError):

@@ -49,6 +49,11 @@ SCRIPT_DURATION = Histogram(
     ["script"],
     buckets=_LATENCY_BUCKETS,
 )
+NOT_REPLICATED = Counter(
+    "shardgate_partition_not_replicated_total",
+    "Transitions fewer replicas than SHARDGATE_REDIS_WAIT_REPLICAS acknowledged in time (treated as lost replies).",
+    ["script"],
+)
 RPCS = Counter("shardgate_partition_rpcs_total", "gRPC requests served by method and code.", ["method", "code"])
 TIMER_LAG = Histogram(
     "shardgate_partition_timer_lag_seconds", "How late a timer fired after its due time.", buckets=_LATENCY_BUCKETS

@@ -31,7 +31,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from partition import effects, keys, outbox_codec
-from partition.errors import Fenced
+from partition.errors import Fenced, NotReplicated
 from partition.invocation import (
     CANCELLED,
     COMPLETION_KEY,
@@ -51,7 +51,7 @@ from partition.invocation import (
     StoredResult,
     signal_key,
 )
-from partition.metrics import SCRIPT_DURATION
+from partition.metrics import NOT_REPLICATED, SCRIPT_DURATION
 from partition.restart import RestartOutcome
 from partition.transition import (
     OP_ARGS,
@@ -71,7 +71,7 @@ from partition.transition import (
     encode_ops,
     encode_terminal,
 )
-from shardgate import protocol
+from shardgate import protocol, redisconn
 from shardgate.limits import BucketView, QueueView
 from shardgate.protocol import MessageType
 
@@ -300,11 +300,21 @@ def _managed(p: int, reply: list[Any]) -> Managed:
     return Managed(code, Status(reply[1].decode()) if reply[1] else None)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaAcks:
+    """Every transition waits (Redis WAIT) until `replicas` replicas hold it, at most `timeout_ms`
+    (SHARDGATE_REDIS_WAIT_REPLICAS / _TIMEOUT_MS): what is acknowledged survives a failover."""
+
+    replicas: int
+    timeout_ms: int
+
+
 class Scripts:
     """Every partition Lua transition, registered once per Redis client, and the typed reads."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, acks: ReplicaAcks | None = None) -> None:
         self._redis = redis
+        self._acks = acks if acks is not None and acks.replicas > 0 else None
         self._scripts = {name: redis.register_script(source(name)) for name in COMPOSITION}
         self.lease_acquire = redis.register_script(source("lease_acquire"))
         self.lease_renew = redis.register_script(source("lease_renew"))
@@ -313,9 +323,22 @@ class Scripts:
     async def _run(self, name: str, keys_: list[str], args: Sequence[ArgvValue]) -> Any:
         started = time.perf_counter()
         try:
-            return await self._scripts[name](keys=keys_, args=args)
+            if self._acks is None:
+                return await self._scripts[name](keys=keys_, args=args)
+            return await self._run_acknowledged(name, keys_, args, self._acks)
         finally:
             SCRIPT_DURATION.labels(name).observe(time.perf_counter() - started)
+
+    async def _run_acknowledged(self, name: str, keys_: list[str], args: Sequence[ArgvValue],
+                                acks: ReplicaAcks) -> Any:
+        """The transition, then WAIT for `acks.replicas` (one round trip). Raises NotReplicated."""
+        reply, acked = await redisconn.run_acknowledged(self._redis, self._scripts[name], keys_, args,
+                                                        acks.replicas, acks.timeout_ms)
+        if acked < acks.replicas:
+            NOT_REPLICATED.labels(name).inc()
+            raise NotReplicated(f"{name}: {acked} of {acks.replicas} replicas acknowledged it within "
+                                f"{acks.timeout_ms} ms")
+        return reply
 
     async def accept(self, t: Target, token: str, record: InvocationRecord, limit: int | str | None = None,
                      now_ms: int | None = None, refusable: bool = False) -> Accepted:

@@ -24,7 +24,7 @@ from partition.config import PartitionConfig
 from partition.delivery import RemoteDelivery
 from partition.invoker import Invoker
 from partition.leases import Ownership
-from partition.scripts import Scripts
+from partition.scripts import ReplicaAcks, Scripts
 from partition.server import PartitionServicer
 from partition.service import PartitionService
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
@@ -33,12 +33,11 @@ from shardgate.clock import SYSTEM_CLOCK, Clock
 from shardgate.cluster import check_partition_count
 from shardgate.identity import RequestSigner
 from shardgate.registry import RegistryCache, RegistryStore
-from shardgate.routing import Router
+from shardgate.routing import Router, server_options
 from shardgate.tasks import cancel_and_wait
 
 log = logging.getLogger("partition")
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 REDIS_MAX_CONNECTIONS = 512
 LEASE_REDIS_CONNECTIONS = 8  # heartbeat pipeline, membership channel, lease checks of the drivers
 REGISTRY_POLL_S = 0.25
@@ -54,7 +53,8 @@ class Worker:
         self.clock = clock
         self.redis = redisconn.connect(config.redis_url, timeout_s=config.redis_timeout_s,
                                        max_connections=REDIS_MAX_CONNECTIONS)
-        self.scripts = Scripts(self.redis)
+        acks = ReplicaAcks(config.redis_wait_replicas, config.redis_wait_timeout_ms)
+        self.scripts = Scripts(self.redis, acks if config.redis_wait_replicas > 0 else None)
         # Membership and leases on their own few connections: a burst of transitions that takes
         # every connection of the main pool must not hold a lease renewal back past the lease TTL.
         self.lease_redis = redisconn.connect(config.redis_url, timeout_s=config.redis_timeout_s,
@@ -69,8 +69,7 @@ class Worker:
                                         config.partitions, config.max_concurrent_invocations,
                                         RemoteDelivery(self.router).deliver, clock,
                                         ready=config.ready_invocations, max_backlog=config.max_backlog_invocations)
-        self.grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self.grpc = grpc.aio.server(options=server_options())
         pb_grpc.add_PartitionServiceServicer_to_server(PartitionServicer(self.service), self.grpc)
         self.ownership: Ownership | None = None
         self._metrics: web.AppRunner | None = None

@@ -389,6 +389,32 @@ def connect(url: str, *, timeout_s: float | None, max_connections: int,
     return cast(Redis, cluster)
 
 
+def ack_key(key: str) -> str:
+    """The replication barrier key of `key`'s slot: `sg:{<key's hash tag>}:ack` (the key itself
+    when it has no tag)."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return f"sg:{key[start:end + 1]}:ack" if start >= 0 and end > start + 1 else key
+
+
+async def run_acknowledged(client: Redis, script: AsyncScript, keys: Sequence[str], args: Sequence[Any],
+                           replicas: int, timeout_ms: int) -> tuple[Any, int]:
+    """Run `script`, then a one-byte write to `keys[0]`'s slot (`ack_key`) and `WAIT replicas
+    timeout_ms`, pipelined on one connection (one round trip); returns (script reply, replicas
+    that acknowledged). The write makes the WAIT cover every earlier write to that primary, by
+    any connection, also when the script itself wrote nothing (a duplicate, a retry that finds its
+    outcome stored). Raises RedisError (the script's error included)."""
+    async with client.pipeline(transaction=False) as pipe:
+        await script(keys=list(keys), args=list(args), client=pipe)
+        pipe.set(ack_key(keys[0]), b"1")
+        if isinstance(client, RedisCluster):
+            pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=client.get_node_from_key(keys[0]))
+        else:
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+        reply, _, acked = await pipe.execute()
+    return reply, int(acked)
+
+
 async def run_replicated(client: Redis, script: AsyncScript, keys: Sequence[str], args: Sequence[Any],
                          replicas: int, timeout_ms: int) -> tuple[Any, int]:
     """Run `script` then `WAIT replicas timeout_ms` on the same connection (WAIT only counts the

@@ -20,14 +20,41 @@ from shardgate import keys
 
 log = logging.getLogger(__name__)
 
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+KEEPALIVE_TIME_MS = 10_000
+
+
+def channel_options(keepalive_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]:
+    """Options of an ingress (or worker) channel to a worker: a keepalive ping every
+    `keepalive_ms` while the connection lives, also with no data flowing (a call or attach held
+    open for minutes), so a dead peer is noticed; the worker's server allows exactly that
+    (`server_options`)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle long call
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
+def server_options(keepalive_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]:
+    """Options of a worker's gRPC server: it accepts the channels' keepalive pings (every
+    `keepalive_ms`, data or not). gRPC's defaults (one ping per 5 minutes without data, 2
+    strikes) answer GOAWAY "too_many_pings" after about 200 s of an idle call, which cut every
+    call and attach held open that long."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive_ms // 2),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+_CHANNEL_OPTIONS = channel_options()
 
 
 async def read_routes(redis: Redis, partitions: int) -> list[str | None]:

@@ -24,8 +24,9 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from partition import keys
+from partition.errors import NotReplicated
 from partition.invocation import HandlerKind, InvocationRecord, Status
-from partition.scripts import Scripts, Target
+from partition.scripts import ReplicaAcks, Scripts, Target
 from shardgate import keys as cluster_keys
 from shardgate import redisconn
 from tests.rediscluster.cluster import RedisClusterProcs, flush_primaries
@@ -115,3 +116,35 @@ async def test_wait_cost_and_what_it_confirms(rcluster: RedisClusterProcs, tmp_p
                "replica_frozen_accept_ms": round(frozen_ms, 1), "wait_timeout_ms": WAIT_TIMEOUT_MS}
     (tmp_path / "wait_cost.json").write_text(json.dumps(figures, indent=2))
     print("\nWAIT cost:", json.dumps(figures))
+
+
+async def test_with_wait_replicas_a_transition_counts_as_done_only_once_a_replica_holds_it(
+        rcluster: RedisClusterProcs) -> None:
+    """`Scripts(acks=ReplicaAcks(1, ...))` (SHARDGATE_REDIS_WAIT_REPLICAS=1): with the replica
+    frozen an accept still runs on the primary but raises NotReplicated (a lost reply: nothing is
+    acknowledged on it), and so does its re-send, a duplicate that writes nothing itself (the
+    barrier write makes its WAIT cover the first accept); thawed, the re-send succeeds."""
+    flush_primaries(rcluster)
+    client = redisconn.connect(rcluster.url, timeout_s=5.0, max_connections=16)
+    try:
+        scripts = Scripts(client, ReplicaAcks(replicas=1, timeout_ms=WAIT_TIMEOUT_MS))
+        token = await lease_token(scripts, PARTITION)
+        record = InvocationRecord(Status.INVOKED, "Greeter", "greet", HandlerKind.SERVICE, input_frame=b"x")
+        first = Target(PARTITION, f"inv-{uuid.uuid4().hex}", "Greeter", None)
+        assert (await scripts.accept(first, token, record)).outcome.value == "INVOKED"
+        primary = rcluster.primary_for_slot(key_slot(keys.lease(PARTITION).encode()))
+        replica = rcluster.node(rcluster.replica_of(primary))
+        assert replica.proc is not None
+        frozen = Target(PARTITION, f"inv-{uuid.uuid4().hex}", "Greeter", None)
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NotReplicated, match="0 of 1 replicas"):
+                await scripts.accept(frozen, token, record)
+            assert await client.hget(keys.invocation(PARTITION, frozen.invocation_id), "st") == b"invoked"
+            with pytest.raises(NotReplicated):
+                await scripts.accept(frozen, token, record)  # the re-send: a duplicate, no write of its own
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        assert (await scripts.accept(frozen, token, record)).outcome.value == "DUP"
+    finally:
+        await client.aclose()
