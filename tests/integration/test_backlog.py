@@ -203,12 +203,7 @@ async def test_a_refused_call_is_a_429_with_retry_after_at_the_ingress(
     """Through the real gRPC path (InvokeStream) and the ingress's dispatcher and error rendering:
     calls to a saturated worker are 429 with Retry-After and the spec's JSON error shape; sends
     are still accepted; once there is room the call runs."""
-    scripts = Scripts(redis)
-    invoker = Invoker(connect_timeout_s=5.0)
-    await invoker.start()
-    schema = _schema(gate_deployment)
-    svc = PartitionService(redis, scripts, invoker, lambda: schema, P, MAX_CONCURRENT, ready=READY,
-                           max_backlog=MAX_BACKLOG)
+    svc, invoker, scripts = await _owner(redis, gate_deployment)
     server = grpc.aio.server()
     pb_grpc.add_PartitionServiceServicer_to_server(PartitionServicer(svc), server)
     port = server.add_insecure_port("127.0.0.1:0")
