@@ -303,26 +303,21 @@ class GrpcDispatcher:
                                new_invocation_id=req.new_invocation_id, deployment_id=req.deployment_id,
                                completion_retention_ms=req.completion_retention_ms,
                                journal_retention_ms=req.journal_retention_ms)
-
-        async def go(stub: pb_grpc.PartitionServiceStub, retried: bool) -> CommandOutcome:
-            resp = cast(pb.ManageResponse, await stub.Manage(msg, timeout=self._rpc_timeout_s))
-            outcome = _COMMAND_OUTCOMES.get(resp.status)
-            if outcome is None:
-                raise PartitionUnavailable(f"internal routing error: unknown command status {resp.status}")
-            return outcome  # a re-send finds the new invocation: DONE again
-
-        return await self._rpc("Manage", req.partition, go)
+        return await self._manage(msg, None)  # a re-send finds the new invocation: DONE again
 
     async def manage(self, invocation_id: str, partition: int, command: Command,
                      deployment_id: str = "") -> CommandOutcome:
         msg = pb.ManageRequest(partition=partition, invocation_id=invocation_id, command=_COMMANDS[command],
                                deployment_id=deployment_id)
+        return await self._manage(msg, command)
 
+    async def _manage(self, msg: pb.ManageRequest, command: Command | None) -> CommandOutcome:
+        """One `Manage` RPC; a re-sent `command` answers as its first delivery would have."""
         async def go(stub: pb_grpc.PartitionServiceStub, retried: bool) -> CommandOutcome:
             resp = cast(pb.ManageResponse, await stub.Manage(msg, timeout=self._rpc_timeout_s))
             outcome = _COMMAND_OUTCOMES.get(resp.status)
             if outcome is None:  # a worker of another version: a listed 503, not a crash
                 raise PartitionUnavailable(f"internal routing error: unknown command status {resp.status}")
-            return _DONE_BEFORE.get((command, outcome), outcome) if retried else outcome
+            return _DONE_BEFORE.get((command, outcome), outcome) if retried and command is not None else outcome
 
-        return await self._rpc("Manage", partition, go)
+        return await self._rpc("Manage", msg.partition, go)

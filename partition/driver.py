@@ -92,6 +92,7 @@ def _attempt_input(run: Run, meta: ServiceMeta, now: int) -> AttemptInput:
     settings = effective_settings(meta, meta.handlers.get(rec.handler))
     lazy = settings.enable_lazy_state
     keyed = rec.kind.keyed
+    pin = run.attempt_pin or rec.pin  # the version `Driver._deployment` chose, else the pinned one
     return AttemptInput(
         invocation_id=t.invocation_id, service=t.service, handler=rec.handler, key=t.key,
         keyed=keyed, input_frame=rec.input_frame, journal=run.journal,
@@ -101,7 +102,7 @@ def _attempt_input(run: Run, meta: ServiceMeta, now: int) -> AttemptInput:
         # (which would ask the SDK to suspend) runs out first, then the abort timeout.
         attempt_timeout_s=settings.attempt_timeout_ms / 1000,
         random_seed=rec.random_seed,
-        protocol_version=rec.pinned_protocol_version if rec.pinned_deployment_id is not None else None,
+        protocol_version=pin.protocol_version or None if pin is not None else None,
     )
 
 

@@ -346,11 +346,6 @@ class PartitionLeader:
         self._resuming.discard(inv_id)
         room.drop()
 
-    @property
-    def queued(self) -> int:
-        """Invoked ids waiting here for room (the active set may hold more: `_overflow`)."""
-        return len(self._queued)
-
     # ---- driving -----------------------------------------------------------------------------
     async def _drive(self, run: Run) -> None:
         inv_id = run.target.invocation_id
@@ -778,17 +773,15 @@ class PartitionLeader:
     # ---- lifecycle commands ------------------------------------------------------------------
     async def manage(self, req: pb.ManageRequest) -> pb.ManageResponse:
         """Apply one lifecycle command as one fenced transition, then what follows it here."""
+        if req.command == pb.MANAGE_COMMAND_RESTART_AS_NEW:
+            return await self._restart_as_new(req)
         commands: dict[int, Callable[[str], Awaitable[Managed]]] = {
             pb.MANAGE_COMMAND_CANCEL: self._cancel, pb.MANAGE_COMMAND_KILL: self._kill,
             pb.MANAGE_COMMAND_PURGE: self._purge, pb.MANAGE_COMMAND_PURGE_JOURNAL: self._purge_journal,
-            pb.MANAGE_COMMAND_PAUSE: self._pause, pb.MANAGE_COMMAND_RESUME: self._resume_command,
+            pb.MANAGE_COMMAND_PAUSE: self._pause,
+            pb.MANAGE_COMMAND_RESUME: lambda inv_id: self._resume_command(inv_id, req.deployment_id),
         }
-        if req.command == pb.MANAGE_COMMAND_RESTART_AS_NEW:
-            return await self._restart_as_new(req)
-        if req.command == pb.MANAGE_COMMAND_RESUME:
-            managed = await self._resume_command(req.invocation_id, req.deployment_id)
-        else:
-            managed = await commands[req.command](req.invocation_id)
+        managed = await commands[req.command](req.invocation_id)
         found = managed.status.value if managed.status is not None else ""
         return pb.ManageResponse(status=_MANAGE_STATUS[managed.outcome], invocation_status=found)
 

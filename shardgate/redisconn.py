@@ -413,20 +413,3 @@ async def run_acknowledged(client: Redis, script: AsyncScript, keys: Sequence[st
             pipe.execute_command("WAIT", replicas, timeout_ms)
         reply, _, acked = await pipe.execute()
     return reply, int(acked)
-
-
-async def run_replicated(client: Redis, script: AsyncScript, keys: Sequence[str], args: Sequence[Any],
-                         replicas: int, timeout_ms: int) -> tuple[Any, int]:
-    """Run `script` then `WAIT replicas timeout_ms` on the same connection (WAIT only counts the
-    writes of its own connection), in one round trip; returns (script reply, replicas that
-    acknowledged). Fewer than `replicas` means the write may be lost by a failover. On a cluster
-    both go to the primary of `keys[0]`'s slot. Raises RedisError (the script's error included)."""
-    async with client.pipeline(transaction=False) as pipe:
-        await script(keys=list(keys), args=list(args), client=pipe)
-        if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(keys[0])
-            pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
-        else:
-            pipe.execute_command("WAIT", replicas, timeout_ms)
-        reply, acked = await pipe.execute()
-    return reply, int(acked)

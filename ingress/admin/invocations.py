@@ -11,18 +11,19 @@ resume of a never-started invocation (as Restate). Kill or cancel of a never-sta
 `resume?deployment=keep|latest|<deployment id>` (`pinning.py`): a malformed or unknown deployment,
 a running (invoked, backing-off) or unpinned invocation and an incompatible protocol version are
 refused with Restate's texts; `keep` (the default), and `latest` for an unpinned invocation, resume
-as before. Re-pinning itself (ManageRequest.deployment_id, `resume.lua`) is built on the worker but
-the ingress `Dispatcher.manage` cannot carry it yet: such a resume answers 422 (docs/lifecycle.md).
+as before; any other re-pins in the resume transition itself (ManageRequest.deployment_id,
+`resume.lua`).
 
 `PATCH /invocations/{id}/restart-as-new` runs a completed invocation's input again under a new id
 (200 `{"new_invocation_id"}`): the target, input and headers are read back from the retained
 journal (its head is the input since completion) and sent as a new invocation through the
 dispatcher, so the only write is the new invocation's accept on its own partition; the original
 is left as it is. 409 while it runs, 425 when it never started, 410 when its journal (so its
-input) was not retained or was purged, 422 for a workflow run (as Restate) and for `from` > 0, 400 for
-a malformed `deployment`. Restarting from a journal prefix and pinned (Restate's `from`,
-`deployment=keep|<id>`) is built on the worker (Manage RESTART_AS_NEW, `restart.lua`) but not yet
-reachable from here, for the same reason as resume's re-pin.
+input) was not retained or was purged, 422 for a workflow run (as Restate), 400 for a malformed
+`deployment`. With `from` > 0 or a `deployment` other than `latest` (Restate's prefix restart and
+pinning) the new invocation is made by one fenced transition on the original's partition instead
+(Manage RESTART_AS_NEW, `restart.lua`): 422 when the original's pinned protocol is older than v6,
+400 for a prefix command without its completion.
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ async def delete_invocation(request: web.Request) -> web.Response:
 # ---- restart-as-new ------------------------------------------------------------------------------
 
 # the status hash fields read (partition.invocation.HashField: status, service, handler, key, kind,
-# scope, limit key; tests/integration/test_retention.py keeps them equal)
-RESTART_FIELDS = ("st", "svc", "hdl", "key", "kind", "scp", "lk")
+# scope, limit key, pinned deployment and protocol; tests/integration/test_retention.py keeps them equal)
+RESTART_FIELDS = ("st", "svc", "hdl", "key", "kind", "scp", "lk", "dp", "pv")
 NOT_STARTED = frozenset({"scheduled", "inboxed"})
 
 
@@ -237,6 +238,7 @@ class Restartable:
     scope: str | None
     limit_key: str | None
     input_frame: bytes | None  # the retained journal's head (None: no journal kept)
+    pin: Pin | None  # kept with the retained journal (docs/architecture.md decision 31)
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -252,7 +254,7 @@ async def _read_restartable(request: web.Request, inv: str, partition: int) -> R
     pipe.hmget(inv_key(partition, inv), list(RESTART_FIELDS))
     pipe.lindex(journal_key(partition, inv), 0)
     try:
-        (status, service, handler, key, kind, scope, limit_key), head = await pipe.execute()
+        (status, service, handler, key, kind, scope, limit_key, dp, pv), head = await pipe.execute()
     except (RedisError, OSError) as e:
         log.warning("cannot read an invocation to restart: %s", e, extra={"invocation_id": inv})
         raise RegistryUnavailable("cannot read the invocation now. Retry later.") from None
@@ -269,7 +271,7 @@ async def _read_restartable(request: web.Request, inv: str, partition: int) -> R
     if st != "completed":
         raise Conflict(f"The invocation '{inv}' is still running.")
     return Restartable(service.decode(), handler.decode(), _text(key), handler_kind, _text(scope),
-                       _text(limit_key), head)
+                       _text(limit_key), head, None if dp is None else Pin(dp.decode(), int(pv or 0)))
 
 
 def _input_of(inv: str, frame: bytes | None) -> ppb.InputCommandMessage:
@@ -361,7 +363,7 @@ async def restart_as_new(request: web.Request) -> web.Response:
     if from_index == 0 and patch.patch is Patch.LATEST:  # the input alone, on the latest deployment
         receipt = await control.dispatcher.send(req)
         return web.json_response({"new_invocation_id": receipt.invocation_id or req.invocation_id})
-    _, _, pin = await _read_pin(request, inv, partition)
+    pin = old.pin
     if from_index > 0 and (pin is None or pin.protocol_version < MIN_PROTOCOL_FROM_PREFIX):
         raise _unsupported(inv)
     restart = RestartRequest(inv, partition, from_index, str(new_invocation_id(inv_id.partition_key)),

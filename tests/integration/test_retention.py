@@ -412,4 +412,4 @@ def test_restart_as_new_reads_the_fields_the_partition_writes() -> None:
     """The admin API's restart-as-new reads the status hash by name (it cannot import the worker)."""
     h = HashField
     assert RESTART_FIELDS == tuple(f.value for f in (h.STATUS, h.SERVICE, h.HANDLER, h.KEY, h.KIND, h.SCOPE,
-                                                     h.LIMIT_KEY))
+                                                     h.LIMIT_KEY, h.PINNED_DEPLOYMENT, h.PINNED_PROTOCOL))
