@@ -468,6 +468,7 @@ class Driver:
             kind=run.record.kind, service=t.service, key=t.key, state=dict(run.state),
             commands_before=1 + count_commands(run.journal), now_ms=self._clock.now_ms(), schema=snapshot,
             journal_kept=bool(run.record.journal_retention_ms) and run.record.completion_retention_ms > 0,
+            scope=t.scope,
         )
         try:
             plan = plan_attempt(frames, ctx)

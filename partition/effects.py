@@ -54,6 +54,7 @@ from partition.transition import (
     Op,
     OutboxEntry,
     PeekPromise,
+    PromiseExpiry,
     SetState,
     TerminalKind,
     is_journal_op,
@@ -84,6 +85,8 @@ from shardgate.sharding import (
 CHILD_DEDUP_RETENTION_MS = 10 * 60 * 1000  # a called child's result is kept this long: re-delivered calls dedupe
 PROMISE_ALREADY_COMPLETED = (409, "promise was already completed")
 CANCEL_SIGNAL = 1
+DEFAULT_PROMISE_RETENTION_MS = 24 * 3600 * 1000
+"""How long promises written for a workflow key with no run last (Restate's default workflow retention)."""
 TARGET_NOT_FOUND = (404, "not found")  # Restate's NOT_FOUND_INVOCATION_ERROR: attach / get-output of no invocation
 
 PRECONDITION_FAILED = "RT0018"  # Restate's error code: a command's precondition failed
@@ -117,6 +120,7 @@ class PlanContext:
     now_ms: int
     schema: SchemaSnapshot
     journal_kept: bool = False  # the journal outlives the completion (journal retention): END ships its entries
+    scope: str | None = None  # the invocation's scope (a workflow's run id depends on it)
 
 
 @dataclass(slots=True)
@@ -173,6 +177,7 @@ class _Planner:
         self.ctx = ctx
         self.plan = AttemptPlan()
         self.command_index = ctx.commands_before
+        self._promises_written = False
         self._handlers: dict[int, Callable[[Frame], None]] = {
             T.OUTPUT_COMMAND: self._output,
             T.SET_STATE_COMMAND: self._set_state,
@@ -374,6 +379,8 @@ class _Planner:
         msg: Any = protocol.parse_message(f)  # Get-, Peek- or CompletePromiseCommandMessage
         self.command(f)
         cid = msg.result_completion_id
+        if self.ctx.kind is HandlerKind.SHARED and f.type != T.PEEK_PROMISE_COMMAND:
+            self._promises_written = True  # a waiter or a value: it must not outlive the workflow
         if f.type == T.GET_PROMISE_COMMAND:
             self.plan.ops.append(GetPromise(msg.key, cid))
         elif f.type == T.PEEK_PROMISE_COMMAND:
@@ -459,10 +466,22 @@ class _Planner:
         raise PlanError("the response ended without End, Suspension or Error")
 
     def _finish(self) -> AttemptPlan:
+        if self._promises_written:
+            self.plan.ops.append(self._promise_expiry())
         if self.plan.terminal is TerminalKind.END and not self.ctx.journal_kept:
             # The journal is deleted with the completion: do not ship entries that die at once.
             self.plan.ops = without_journal(self.plan.ops)
         return self.plan
+
+
+    def _promise_expiry(self) -> PromiseExpiry:
+        """The expiry op for the promises a shared handler wrote: the run's id, and the workflow's
+        completion retention (Restate's default when no run handler is registered)."""
+        run_id = workflow_invocation_id(self.ctx.service, self.ctx.key or "", self.ctx.scope)
+        meta = self.ctx.schema.services.get(self.ctx.service)
+        run = next((h for h in meta.handlers.values() if h.ty is HandlerType.WORKFLOW), None) if meta else None
+        retention_ms = effective_settings(meta, run).completion_retention_ms if run is not None else 0
+        return PromiseExpiry(str(run_id), retention_ms or DEFAULT_PROMISE_RETENTION_MS)
 
 
 def attach_target(msg: pb.AttachInvocationCommandMessage | pb.GetInvocationOutputCommandMessage,

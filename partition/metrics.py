@@ -58,6 +58,12 @@ RPCS = Counter("shardgate_partition_rpcs_total", "gRPC requests served by method
 TIMER_LAG = Histogram(
     "shardgate_partition_timer_lag_seconds", "How late a timer fired after its due time.", buckets=_LATENCY_BUCKETS
 )
+OUTBOX_TOO_LARGE = Counter(
+    "shardgate_partition_outbox_too_large_total",
+    "Outbox messages over the gRPC message limit: answered to their waiting invocation as a failure"
+    " (failed), or dropped when nothing waits for them (dropped).",
+    ["outcome"],
+)
 OUTBOX_DEPTH = Gauge("shardgate_partition_outbox_depth", "Messages waiting in a partition's outbox.", ["partition"])
 RECONCILED = Counter(
     "shardgate_partition_reconciled_total",

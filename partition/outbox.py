@@ -3,6 +3,12 @@ call results), delivered in order by the partition's owner and removed only once
 
 Delivery is at-least-once; receivers are idempotent (deterministic child ids, notification
 keys), so a message re-delivered after a crash is applied once.
+
+A message over the gRPC message limit can never reach another worker, and retrying it would hold
+its lane forever. It is replaced, whoever owns its target: a waiting invocation (the caller of a
+call, the receiver of a completion or signal) gets a terminal failure in its place, and a
+message nothing waits for (a one-way send) is dropped, logged and counted
+(`shardgate_partition_outbox_too_large_total`).
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from partition import keys
-from partition.metrics import OUTBOX_DEPTH
+from partition.invocation import completion_key
+from partition.metrics import OUTBOX_DEPTH, OUTBOX_TOO_LARGE
 from partition.outbox_codec import decode_outbox
 from partition.scripts import Scripts
 from sgproto.partition.v1 import partition_service_pb2 as pb
+from sgproto.protocol.v1 import protocol_pb2 as protocol_pb
+from shardgate import protocol
 from shardgate.clock import SYSTEM_CLOCK, Clock
+from shardgate.routing import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,10 @@ LANE_BACKOFF_MIN_S = 0.05
 LANE_BACKOFF_MAX_S = 0.5
 SCAN_LIMIT = 1024
 """How deep a drain looks past messages held for failing targets."""
+MAX_ENTRY_BYTES = MAX_MESSAGE_BYTES - 1024
+"""The largest entry sent as it is: its Deliver request (the entry, a few bytes of wrapping) must
+fit the gRPC message limit."""
+TOO_LARGE_CODE = 413
 
 
 def target_partition(msg: pb.OutboxMessage) -> int:
@@ -66,9 +80,41 @@ class Lanes:
         return max(0.0, (min(self._retry_at_ms.values()) - now_ms) / 1000)
 
 
+def too_large_reply(msg: pb.OutboxMessage, size: int, limit: int) -> pb.OutboxMessage | None:
+    """What goes instead of a message of `size` bytes over `limit`: a terminal failure for the
+    invocation waiting on it, with the same notification key (the caller of a call, the receiver
+    of a completion or signal), or None when nothing waits (a one-way send)."""
+    text = f"message too large: {size} bytes, over the {limit}-byte limit for messages between partitions"
+    if msg.HasField("invoke"):
+        req = msg.invoke
+        if not req.parent.invocation_id:
+            return None
+        cid = req.parent.result_completion_id
+        frame = protocol.notification(protocol.MessageType.CALL_COMPLETION, completion_id=cid,
+                                      failure=(TOO_LARGE_CODE, f"call to {req.service}/{req.handler}: {text}"))
+        return pb.OutboxMessage(notify=pb.Notification(partition=req.parent.partition,
+                                                       invocation_id=req.parent.invocation_id,
+                                                       key=completion_key(cid), frame=frame))
+    note = msg.notify
+    try:
+        (parsed,) = protocol.decode_frames(note.frame)
+        template = protocol_pb.NotificationTemplate.FromString(parsed.payload)
+    except (protocol.ProtocolError, ValueError):
+        return None
+    which = template.WhichOneof("id")
+    if which is None or not protocol.is_notification(parsed.type):
+        return None
+    frame = protocol.notification(parsed.type, **{which: getattr(template, which)},
+                                  failure=(TOO_LARGE_CODE, text))
+    return pb.OutboxMessage(notify=pb.Notification(partition=note.partition, invocation_id=note.invocation_id,
+                                                   key=note.key, frame=frame))
+
+
 class PartitionOutbox:
     def __init__(self, redis: Redis, scripts: Scripts, partition: int, token: str,
-                 deliver: Callable[[pb.OutboxMessage], Awaitable[None]], clock: Clock = SYSTEM_CLOCK) -> None:
+                 deliver: Callable[[pb.OutboxMessage], Awaitable[None]], clock: Clock = SYSTEM_CLOCK,
+                 max_entry_bytes: int = MAX_ENTRY_BYTES) -> None:
+        self._max_entry_bytes = max_entry_bytes
         self._redis = redis
         self._clock = clock
         self._scripts = scripts
@@ -129,6 +175,14 @@ class PartitionOutbox:
             if len(delivered) >= BATCH:
                 break
             msg = decode_outbox(raw)
+            too_large = len(raw) > self._max_entry_bytes
+            if too_large:
+                reply = too_large_reply(msg, len(raw), self._max_entry_bytes)
+                if reply is None:
+                    self._too_large(msg, len(raw), "dropped")
+                    delivered.append(raw)  # acknowledged with the delivered ones
+                    continue
+                msg = reply
             target = target_partition(msg)
             if target in held or not self.lanes.ready(target, self._clock.now_ms()):
                 held.add(target)  # keeps this target's later messages behind this one
@@ -146,7 +200,15 @@ class PartitionOutbox:
                             extra={"partition": self._partition})
                 continue
             self.lanes.succeeded(target)
+            if too_large:
+                self._too_large(msg, len(raw), "failed")
             delivered.append(raw)
         if delivered:
             await self._scripts.outbox_ack(self._partition, self._token, delivered)
         return len(delivered), held_count, len(items) >= BATCH
+
+    def _too_large(self, msg: pb.OutboxMessage, size: int, outcome: str) -> None:
+        OUTBOX_TOO_LARGE.labels(outcome).inc()
+        waiting = "" if outcome == "dropped" else f", {msg.notify.invocation_id} got a failure instead"
+        log.error("outbox message of %d bytes is over the %d-byte limit: %s%s", size, self._max_entry_bytes,
+                  outcome, waiting, extra={"partition": self._partition})

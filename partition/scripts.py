@@ -354,10 +354,13 @@ class Scripts:
         if record.vqueue and limit is not None:
             now: ArgvValue = int(time.time() * 1000) if now_ms is None else now_ms
             vq = [record.vqueue, limit, record.limit_key or "", now, "1" if refusable else ""]
+        keys_ = [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), t.lock(), t.inbox(), t.state(),
+                 keys.timers(p), keys.outbox(p)]
+        if record.kind is HandlerKind.WORKFLOW:
+            keys_ += [t.promises(), t.promise_waiters()]
         reply = await self._run(
             "accept",
-            [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), t.lock(), t.inbox(), t.state(),
-             keys.timers(p), keys.outbox(p)],
+            keys_,
             [token, t.invocation_id, record.kind.value, start_ms, record.parents, *vq, *record.to_fields()],
         )
         code = AcceptOutcome(reply[0].decode())

@@ -26,6 +26,7 @@ reply-code literal in a `.lua` file.
 | GetPromise | PG | name, completion_id | complete at once if the promise is resolved, else wait for it |
 | PeekPromise | PP | name, completion_id | complete with the promise's result, or void |
 | CompletePromise | PC | name, completion_id, result | resolve the promise once, wake its waiters |
+| PromiseExpiry | PE | run_id, default_ms | a shared handler wrote promises: expire them unless the run is live |
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ class OpCode(str, Enum):
     GET_PROMISE = "PG"
     PEEK_PROMISE = "PP"
     COMPLETE_PROMISE = "PC"
+    PROMISE_EXPIRY = "PE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,10 +248,19 @@ class CompletePromise:
     result: bytes  # the encoded NotificationTemplate result field the waiters get
 
 
+@dataclass(frozen=True, slots=True)
+class PromiseExpiry:
+    """After a shared handler wrote a workflow's promises: give them an expiry unless a run of the
+    workflow is live (its END sets one). No run: `default_ms` from now; a completed run: its own."""
+    OPCODE: ClassVar[OpCode] = OpCode.PROMISE_EXPIRY
+    run_id: str  # the workflow run's (deterministic) invocation id
+    default_ms: int
+
+
 Op = (JournalEntry | NotificationEntry | SetState | ClearState | ClearAllState | AddTimer | OutboxEntry
-      | GetPromise | PeekPromise | CompletePromise)
+      | GetPromise | PeekPromise | CompletePromise | PromiseExpiry)
 OP_TYPES: tuple[type[Op], ...] = (JournalEntry, NotificationEntry, SetState, ClearState, ClearAllState, AddTimer,
-                                  OutboxEntry, GetPromise, PeekPromise, CompletePromise)
+                                  OutboxEntry, GetPromise, PeekPromise, CompletePromise, PromiseExpiry)
 _OP_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in OP_TYPES}
 OP_ARGS = {cls.OPCODE: len(names) for cls, names in _OP_FIELDS.items()}  # arguments after each opcode
 

@@ -54,3 +54,23 @@ op_handlers[OP_COMPLETE_PROMISE] = function(run, i)
     resolve_waiter(run, wid, wcid, result)
   end
 end
+
+-- A shared handler wrote this workflow key's promises (a value, or itself as a waiter). A live
+-- run keeps them (its accept cleared any expiry; its END sets one). Without a run they would
+-- never go: they expire with the run's retained result when it completed, else `default_ms` from
+-- now. An expiry already set is kept.
+op_handlers[OP_PROMISE_EXPIRY] = function(run, i)
+  local rst = redis.call('HMGET', ARGV[6] .. ARGV[i + 1], F_STATUS, F_EXPIRES)
+  if rst[1] and rst[1] ~= ST_COMPLETED then
+    return
+  end
+  for _, k in ipairs({KEYS[10], KEYS[11]}) do
+    if redis.call('PTTL', k) == -1 then
+      if rst[1] and rst[2] then
+        redis.call('PEXPIREAT', k, rst[2])
+      else
+        redis.call('PEXPIRE', k, ARGV[i + 2])
+      end
+    end
+  end
+end

@@ -1,6 +1,6 @@
 -- accept: create an invocation, or report the existing one with the same (deterministic) id.
 -- KEYS[1]=lease KEYS[2]=inv KEYS[3]=active KEYS[4]=lock KEYS[5]=inbox KEYS[6]=state KEYS[7]=timers
--- KEYS[8]=outbox
+-- KEYS[8]=outbox, and for a workflow run KEYS[9]=promises KEYS[10]=promise waiters
 -- ARGV[1]=fence token ARGV[2]=invocation id ARGV[3]=handler kind (KIND_*)
 -- ARGV[4]=start time ms, given only when it is in the future ('' = start now)
 -- ARGV[5]=the calling parent 'id|partition|completion id,' ('' = none)
@@ -49,6 +49,12 @@ if ARGV[6] ~= '' then
 end
 redis.call('HSET', KEYS[2], unpack(ARGV, 11))
 index_add(KEYS[2], id)
+if ARGV[3] == KIND_WORKFLOW and KEYS[10] then
+  -- Promises a shared handler wrote before this run expire without one (OP_PROMISE_EXPIRY):
+  -- the run keeps them until its END sets their expiry.
+  redis.call('PERSIST', KEYS[9])
+  redis.call('PERSIST', KEYS[10])
+end
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[2], F_STATUS, ST_SCHEDULED)
   redis.call('ZADD', KEYS[7], ARGV[4], TIMER_START .. id)

@@ -7,7 +7,9 @@ recorder that fails on purpose for one target. On a manual clock.
 * messages to other targets go out while one target fails, each target's messages in order;
 * the failed target is retried after its back-off, and its messages then go out in order;
 * the acknowledgement removes exactly the delivered messages (held ones stay, in order);
-* a held head larger than one batch does not hide the messages behind it.
+* a held head larger than one batch does not hide the messages behind it;
+* a message over the gRPC message limit is replaced by a failure for whoever waits on it (or
+  dropped when nothing does), so it holds no lane.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from partition import keys
 from partition.outbox import BATCH, LANE_BACKOFF_MIN_S, PartitionOutbox, target_partition
-from partition.outbox_codec import decode_outbox, encode_outbox_notify
+from partition.outbox_codec import decode_outbox, encode_outbox_invoke, encode_outbox_notify
 from partition.scripts import Scripts
 from sgproto.partition.v1 import partition_service_pb2 as pb
+from sgproto.partition.v1 import partition_service_pb2 as spb
+from shardgate import protocol
 from shardgate.clock import ManualClock
+from shardgate.protocol import MessageType as T
 from tests.clusters import poll
 
 P = 0
@@ -110,3 +116,68 @@ def _until(condition):  # type: ignore[no-untyped-def]
         return True if condition() else None
 
     return probe
+
+
+# ---- messages over the gRPC message limit ---------------------------------------------------------
+
+LIMIT = 1024  # the outbox's entry limit in these tests (64 MiB less a margin in the worker)
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.messages: list[pb.OutboxMessage] = []
+        self.down: set[int] = set()
+
+    async def deliver(self, msg: pb.OutboxMessage) -> None:
+        if target_partition(msg) in self.down:
+            raise ConnectionError("no owner")
+        self.messages.append(msg)
+
+
+def _too_large(outcome: str) -> float:
+    return REGISTRY.get_sample_value("shardgate_partition_outbox_too_large_total", {"outcome": outcome}) or 0.0
+
+
+@pytest.mark.timeout(30)
+async def test_a_message_over_the_limit_fails_its_waiter_and_holds_no_lane(redis: Redis) -> None:
+    """Finding: one message over the 64 MiB gRPC limit blocked its target's lane forever."""
+    big = b"x" * (2 * LIMIT)
+    call = spb.InvokeRequest(partition=5, invocation_id="inv_1callee", service="Big", handler="take", body=big,
+                             parent=spb.Parent(invocation_id="inv_1caller", partition=2, result_completion_id=4))
+    send = spb.InvokeRequest(partition=5, invocation_id="inv_1sent", service="Big", handler="take", body=big)
+    result = protocol.notification(T.CALL_COMPLETION, completion_id=7, value=big)
+    awakeable = protocol.notification(T.SIGNAL_NOTIFICATION, signal_id=17, value=big)
+    entries = [encode_outbox_invoke(call), encode_outbox_invoke(send), entry(5, "small"),
+               encode_outbox_notify(6, "inv_1parent", "c7", result), encode_outbox_notify(6, "inv_1waiter", "s17", awakeable)]
+    scripts = Scripts(redis)
+    tok = await scripts.lease_acquire(keys=[keys.lease(P), keys.epoch(P), keys.route(P)],
+                                      args=["w1", 60_000, "127.0.0.1:1"])
+    assert tok is not None
+    await redis.rpush(keys.outbox(P), *entries)
+    cap, clock = Capture(), ManualClock()
+    cap.down = {2}  # the caller's partition has no owner yet: its failure waits in its lane
+    outbox = PartitionOutbox(redis, scripts, P, tok.decode(), cap.deliver, clock, max_entry_bytes=LIMIT)
+    failed, dropped = _too_large("failed"), _too_large("dropped")
+
+    assert (await outbox._drain())[:2] == (4, 1)  # the one-way send counts as delivered: dropped
+    assert [(m.notify.invocation_id, m.notify.key) for m in cap.messages] == [
+        ("inv_5", "small"), ("inv_1parent", "c7"), ("inv_1waiter", "s17")]
+    assert cap.messages[0].notify.frame == b"frame"
+    # The same ids, the same notification types, a failure instead of the value.
+    assert cap.messages[1].notify.frame == protocol.notification(T.CALL_COMPLETION, completion_id=7, failure=(
+        413, f"message too large: {len(entries[3])} bytes, over the {LIMIT}-byte limit for messages between partitions"))
+    waiter = cap.messages[2].notify
+    assert (waiter.partition, waiter.frame[:2]) == (6, int(T.SIGNAL_NOTIFICATION).to_bytes(2, "big"))
+    assert b"message too large" in waiter.frame and big not in waiter.frame
+    assert await redis.lrange(keys.outbox(P), 0, -1) == [entries[0]]  # only the call, held for its caller's lane
+    assert (_too_large("failed") - failed, _too_large("dropped") - dropped) == (2, 1)
+
+    cap.down.clear()
+    clock.advance(int(LANE_BACKOFF_MIN_S * 1000))
+    assert (await outbox._drain())[:2] == (1, 0)
+    caller = cap.messages[-1].notify
+    assert (caller.partition, caller.invocation_id, caller.key) == (2, "inv_1caller", "c4")
+    assert caller.frame == protocol.notification(T.CALL_COMPLETION, completion_id=4, failure=(
+        413, (f"call to Big/take: message too large: {len(entries[0])} bytes, over the {LIMIT}-byte limit for "
+             "messages between partitions")))
+    assert await redis.lrange(keys.outbox(P), 0, -1) == []

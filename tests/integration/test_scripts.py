@@ -5,6 +5,7 @@ of fired timers; and the cost of a plain call (exactly two scripts, against a re
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from redis.asyncio import Redis
 
 from partition import keys
 from partition.errors import Fenced
-from partition.invocation import HandlerKind, InvocationRecord, Result, Status, allowed
+from partition.invocation import HandlerKind, HashField, InvocationRecord, Result, Status, allowed
 from partition.invoker import Invoker
 from partition.leader import PartitionLeader
 from partition.outbox_codec import decode_outbox, encode_outbox_notify
@@ -31,6 +32,7 @@ from partition.transition import (
     NotificationEntry,
     OutboxEntry,
     PeekPromise,
+    PromiseExpiry,
     SetState,
     SettleOutcome,
     Suspend,
@@ -40,7 +42,7 @@ from shardgate import protocol
 from shardgate.clock import SYSTEM_CLOCK
 from shardgate.protocol import MessageType as T
 from shardgate.schema import Deployment, HandlerMeta, SchemaSnapshot, ServiceMeta, ServiceType
-from shardgate.sharding import idempotent_invocation_id, partition_of
+from shardgate.sharding import idempotent_invocation_id, partition_of, workflow_invocation_id
 
 P = 3
 
@@ -302,7 +304,8 @@ async def test_one_apply_takes_every_op_type(scripts: Scripts, redis: Redis) -> 
     ops = [JournalEntry(b"cmd"), NotificationEntry("c1", b"note"), SetState(b"a", b"1"), SetState(b"b", b"2"),
            ClearState(b"a"), ClearAllState(), SetState(b"c", b"3"), AddTimer(7000, member),
            OutboxEntry(encode_outbox_notify(1, "inv_1other", "s1", b"sig")), GetPromise("p", 2),
-           CompletePromise("p", 3, Result(0, "", b"v").encode()), PeekPromise("p", 4)]
+           CompletePromise("p", 3, Result(0, "", b"v").encode()), PeekPromise("p", 4),
+           PromiseExpiry(wf.invocation_id, 1000)]  # the run itself is live: no expiry
     assert {type(op) for op in ops} == set(OP_TYPES)
     applied = await scripts.apply(wf, tok, 2000, 0, Suspend(" c9 "), 0, ops)
     assert applied.outcome == "SUSPENDED"
@@ -448,6 +451,39 @@ async def test_workflow_end_expires_its_promise_waiters(scripts: Scripts, redis:
     await scripts.apply(run, tok, 2000, 0, _end(), 0, [GetPromise("never", 1)])
     ttl = await redis.pttl(keys.promise_waiters(P, "Signup", "w2"))
     assert 0 < ttl <= 60_000
+
+
+async def test_promises_a_shared_handler_writes_expire_unless_a_run_holds_them(scripts: Scripts, redis: Redis) -> None:
+    """Finding: promises written for a workflow key whose run never existed never expired."""
+    tok = await _lease(scripts)
+    now = int(time.time() * 1000)
+    run = Target(P, str(workflow_invocation_id("Signup", "w5")), "Signup", "w5")
+    prom, waiters = keys.promises(P, "Signup", "w5"), keys.promise_waiters(P, "Signup", "w5")
+
+    async def shared(n: int, *ops: Any) -> None:
+        t = Target(P, str(idempotent_invocation_id("Signup", "w5", "approve", f"s{n}")), "Signup", "w5")
+        await _accept(scripts, tok, t, HandlerKind.SHARED)
+        await scripts.apply(t, tok, now, 0, _end(), 0, [*ops, PromiseExpiry(run.invocation_id, 60_000)])
+
+    # No run: a completed promise and a waiter both get the default expiry.
+    await shared(1, CompletePromise("ok", 1, Result(0, "", b"v").encode()), GetPromise("other", 2))
+    for k in (prom, waiters):
+        assert 0 < await redis.pttl(k) <= 60_000
+    # The run's accept keeps them for as long as it lives, a shared write meanwhile too.
+    await _accept(scripts, tok, run, HandlerKind.WORKFLOW, cret=30_000)
+    assert (await redis.pttl(prom), await redis.pttl(waiters)) == (-1, -1)
+    await shared(2, CompletePromise("ok2", 1, Result(0, "", b"w").encode()))
+    assert await redis.pttl(prom) == -1
+    # Its END gives them its retention.
+    await scripts.apply(run, tok, now, 0, _end(), 0, [])
+    assert 0 < await redis.pttl(prom) <= 30_000
+    # A completed run whose promises went (purged by hand here): new ones expire with its result.
+    await redis.delete(prom, waiters)
+    await shared(3, CompletePromise("late", 1, Result(0, "", b"x").encode()))
+    expires_ms = int(await redis.hget(keys.invocation(P, run.invocation_id), HashField.EXPIRES.value) or 0)
+    left_ms = expires_ms - int(time.time() * 1000)
+    assert 0 < left_ms <= 30_000
+    assert abs(await redis.pttl(prom) - left_ms) <= 1000  # PEXPIREAT at the result's expiry
 
 
 async def test_outbox_reports_more_work_after_a_full_batch(scripts: Scripts, redis: Redis) -> None:

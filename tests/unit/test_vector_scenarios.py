@@ -41,6 +41,7 @@ from partition.transition import (
     NotificationEntry,
     Op,
     OutboxEntry,
+    PromiseExpiry,
     SetState,
 )
 from sgproto.partition.v1 import partition_service_pb2 as spb
@@ -71,6 +72,7 @@ from shardgate.sharding import (
     child_invocation_id,
     parse_awakeable_id,
     partition_of,
+    workflow_invocation_id,
 )
 from tests import testdata
 
@@ -401,6 +403,8 @@ class Stored:
                 self.promises.waiters.setdefault(op.name, []).append((self, str(op.completion_id)))
         elif isinstance(op, CompletePromise):
             self._complete_promise(op)
+        elif isinstance(op, PromiseExpiry):
+            assert self.promises is not None  # an expiry only: nothing a replay sees
         else:
             pytest.fail(f"op {op!r} not modelled")
 
@@ -816,8 +820,11 @@ def test_g3_workflow_resolve_promise(ver: int) -> None:
     plan, ctx = plan_of(v)
     assert ctx.kind == "shared" and ctx.key == "wf1"
     [complete] = v.response_of(T.COMPLETE_PROMISE_COMMAND)
-    [op_j, op_pc] = plan.ops
+    [op_j, op_pc, op_pe] = plan.ops
     assert op_j == JournalEntry(complete)
+    # a shared handler wrote the key's promises: they expire unless its run holds them
+    assert isinstance(op_pe, PromiseExpiry)
+    assert op_pe.run_id == str(workflow_invocation_id(ctx.service, "wf1"))
     assert isinstance(op_pc, CompletePromise)
     assert (op_pc.name, op_pc.completion_id) == ("approval", 1)
     assert pb.NotificationTemplate.FromString(op_pc.result) == pb.NotificationTemplate(
