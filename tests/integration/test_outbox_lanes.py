@@ -51,14 +51,21 @@ def entry(target: int, key: str) -> bytes:
     return encode_outbox_notify(target, f"inv_{target}", key, b"frame")
 
 
-async def setup(redis: Redis, entries: list[bytes]) -> tuple[PartitionOutbox, Recorder, ManualClock]:
+async def owned_outbox(redis: Redis, entries: list[bytes], deliver, **kw) -> tuple[PartitionOutbox, ManualClock]:
+    """The outbox of partition P, its lease held, with `entries` queued."""
     scripts = Scripts(redis)
     tok = await scripts.lease_acquire(keys=[keys.lease(P), keys.epoch(P), keys.route(P)],
                                       args=["w1", 60_000, "127.0.0.1:1"])
     assert tok is not None
     await redis.rpush(keys.outbox(P), *entries)
-    rec, clock = Recorder(), ManualClock()
-    return PartitionOutbox(redis, scripts, P, tok.decode(), rec.deliver, clock), rec, clock
+    clock = ManualClock()
+    return PartitionOutbox(redis, scripts, P, tok.decode(), deliver, clock, **kw), clock
+
+
+async def setup(redis: Redis, entries: list[bytes]) -> tuple[PartitionOutbox, Recorder, ManualClock]:
+    rec = Recorder()
+    outbox, clock = await owned_outbox(redis, entries, rec.deliver)
+    return outbox, rec, clock
 
 
 async def remaining(redis: Redis) -> list[tuple[int, str]]:
@@ -149,14 +156,9 @@ async def test_a_message_over_the_limit_fails_its_waiter_and_holds_no_lane(redis
     awakeable = protocol.notification(T.SIGNAL_NOTIFICATION, signal_id=17, value=big)
     entries = [encode_outbox_invoke(call), encode_outbox_invoke(send), entry(5, "small"),
                encode_outbox_notify(6, "inv_1parent", "c7", result), encode_outbox_notify(6, "inv_1waiter", "s17", awakeable)]
-    scripts = Scripts(redis)
-    tok = await scripts.lease_acquire(keys=[keys.lease(P), keys.epoch(P), keys.route(P)],
-                                      args=["w1", 60_000, "127.0.0.1:1"])
-    assert tok is not None
-    await redis.rpush(keys.outbox(P), *entries)
-    cap, clock = Capture(), ManualClock()
+    cap = Capture()
     cap.down = {2}  # the caller's partition has no owner yet: its failure waits in its lane
-    outbox = PartitionOutbox(redis, scripts, P, tok.decode(), cap.deliver, clock, max_entry_bytes=LIMIT)
+    outbox, clock = await owned_outbox(redis, entries, cap.deliver, max_entry_bytes=LIMIT)
     failed, dropped = _too_large("failed"), _too_large("dropped")
 
     assert (await outbox._drain())[:2] == (4, 1)  # the one-way send counts as delivered: dropped
