@@ -75,6 +75,11 @@ bench: install
 compare: install
 	$(PY) deploy/bench/compare.py $(ARGS)
 
+# Memory per 10,000 in-flight (suspended) invocations, shardgate next to Restate 1.7.12 (same installs).
+.PHONY: inflight
+inflight: install
+	$(PY) deploy/bench/inflight.py $(ARGS)
+
 # Run the steering repository's conformance suite against a running `make run` (deploy/conformance.sh; not part of make test).
 conformance: install
 	bash deploy/conformance.sh

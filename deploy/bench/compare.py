@@ -394,7 +394,9 @@ def free_ports(count: int) -> list[int]:
 def http_json(url: str, body: Any = None, timeout_s: float = 10.0) -> tuple[int, Any]:
     """GET (body None) or POST JSON; (status, decoded body or text). Raises OSError on transport errors."""
     data = None if body is None else json.dumps(body).encode()
-    headers = {"content-type": "application/json"} if data is not None else {}
+    headers = {"accept": "application/json"}  # Restate's /query answers Arrow without it
+    if data is not None:
+        headers["content-type"] = "application/json"
     req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:

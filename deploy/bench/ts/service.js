@@ -4,6 +4,7 @@
 //   Greeter/greet     returns "Hello, <name>!"
 //   Greeter/with_run  one ctx.run step, then the greeting
 //   Greeter/noop      returns nothing
+//   Greeter/park      sleeps an hour (durable timer: the invocation suspends), then returns nothing
 //
 // Run:  PORT=9081 node service.js   (binds 127.0.0.1; HOST overrides). compare.py copies this file
 // next to the node_modules it installs under .cache/compare/ts and starts it from there.
@@ -34,6 +35,9 @@ function greeterService(restate) {
         return `Hello, ${upper}!`;
       },
       noop: async () => undefined,
+      park: async (ctx) => {
+        await ctx.sleep(3600 * 1000);
+      },
     },
   });
 }
