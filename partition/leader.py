@@ -93,6 +93,7 @@ RECONCILE_CONCURRENCY = 32
 STATE_EDIT_ATTEMPTS = 5  # a state edit re-checks its version this often while invocations keep changing the state
 DRAIN_LIMIT = 1 << 30  # the limit of a bucket no rule counts any more: its queue drains at once
 VQUEUE_GAUGES_S = 1.0  # how often a leader re-reads its partition's flow-control gauges
+VQUEUE_IDLE_PERIODS = 10  # with no bucket at the last read and no scoped accept since: read every 10th period
 
 _DELIVER_STATUS = {NotifyOutcome.GONE: pb.DELIVER_STATUS_GONE, NotifyOutcome.DUP: pb.DELIVER_STATUS_DUPLICATE}
 _MANAGE_STATUS = {
@@ -192,6 +193,7 @@ class PartitionLeader:
         self._schedules = PartitionSchedules(redis, scripts, partition, token, driver.schema, driver.partitions,
                                              self._outbox.poke, clock)
         self._loops: list[asyncio.Task[None]] = []
+        self._vqueue_dirty = True  # a scoped accept happened since the gauges' last read (or none read yet)
         self.closed = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -241,6 +243,10 @@ class PartitionLeader:
 
     def awaited(self, invocation_id: str) -> bool:
         return invocation_id in self.waiters
+
+    def poke_schedules(self) -> None:
+        """The admin API changed a schedule (maybe of this partition): look at the due set now."""
+        self._schedules.poke()
 
     def poke(self, timers: bool, outbox: bool) -> None:
         if timers:
@@ -583,6 +589,7 @@ class PartitionLeader:
         self._spawn(self._apply_limits(book))
 
     async def _apply_limits(self, book: RuleBook) -> None:
+        self._vqueue_dirty = True
         try:
             buckets = await self._scripts.vqueue_buckets(self.partition)
             if not buckets:
@@ -602,14 +609,25 @@ class PartitionLeader:
 
     async def _vqueue_gauges_loop(self) -> None:
         """Refresh this partition's flow-control gauges (`partition.metrics.VqueueGauges`) every
-        VQUEUE_GAUGES_S of the injected clock: plain reads, one when the partition has no bucket."""
+        VQUEUE_GAUGES_S of the injected clock: plain reads, one when the partition has no bucket.
+        Buckets appear with scoped accepts, which only this leader runs: after a read that found
+        none, the next read waits for one (`_vqueue_dirty`), or VQUEUE_IDLE_PERIODS at most."""
+        idle = 0
         while True:
-            try:
-                book = await self._rules()
-                views = await self._scripts.vqueue_views(self.partition, self._clock.now_ms())
-                VQUEUE_GAUGES.update(self.partition, views, book.rule_of)
-            except Exception as e:  # noqa: BLE001  Redis unavailable: the gauges stay as last read
-                log.debug("cannot read the vqueue gauges (%s)", type(e).__name__, extra={"partition": self.partition})
+            if self._vqueue_dirty or idle >= VQUEUE_IDLE_PERIODS:
+                self._vqueue_dirty, idle = False, 0  # cleared before the read: an accept during it sets it again
+                try:
+                    book = await self._rules()
+                    views = await self._scripts.vqueue_views(self.partition, self._clock.now_ms())
+                    VQUEUE_GAUGES.update(self.partition, views, book.rule_of)
+                    if views:
+                        self._vqueue_dirty = True  # buckets in use: keep reading every period
+                except Exception as e:  # noqa: BLE001  Redis unavailable: the gauges stay as last read
+                    self._vqueue_dirty = True
+                    log.debug("cannot read the vqueue gauges (%s)", type(e).__name__,
+                              extra={"partition": self.partition})
+            else:
+                idle += 1
             await self._clock.sleep(VQUEUE_GAUGES_S)
 
     # ---- the partition's RPCs ----------------------------------------------------------------
@@ -625,6 +643,7 @@ class PartitionLeader:
             found = (await self._rules()).match(record.scope, record.limit_key)
             if found is not None:
                 record = replace(record, vqueue=found.bucket)
+                self._vqueue_dirty = True
                 limit, rated = found.rule.limits.admission(), found.rule.limits.rate is not None
         t = Target.of(self.partition, inv_id, record)
         self._accepting[inv_id] += 1

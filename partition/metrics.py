@@ -94,7 +94,7 @@ NO_RULE = "(none)"
 
 class VqueueGauges(Collector):
     """Running, queued and oldest-queued age of the flow-control buckets of the partitions this
-    worker owns, as its leaders last read them (`update`, about once a second). Cardinality is
+    worker owns, as its leaders last read them (`update`, every second while buckets exist). Cardinality is
     bounded: one series per rule pattern (`shardgate_scope_rule_*`), plus the `top_n` buckets with
     the most queued (then running) invocations (`shardgate_scope_bucket_*`, label `bucket` =
     scope[/l1[/l2]] as the rule cuts it)."""

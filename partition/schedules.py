@@ -1,8 +1,10 @@
 """The schedule loop of one owned partition: fires due schedule ticks as idempotent sends.
 
 The partition's `sched-due` sorted set holds each active schedule's next nominal time. The loop
-(on the injected clock, like `timers.py`) sleeps until the earliest one is due, or at most
-`POLL_S` (the admin API writes from another process and cannot poke it), then handles each due
+(on the injected clock, like `timers.py`) sleeps until the earliest one is due, or until poked:
+the admin API writes from another process, so `ScheduleChanges` (one per worker) polls the
+admin's change counter every `POLL_S` and pokes every loop of the worker when it moved; at most
+`IDLE_S` without either, the loop looks anyway. Then it handles each due
 tick with ONE fenced transition, `schedule_fire.lua`: it checks the fence token, the schedule's
 version and that the tick is still the due one, advances the schedule to the next nominal time
 (computed here) and queues the tick's send in the partition outbox, the path a handler's
@@ -49,6 +51,7 @@ from shardgate.schedule import (
     tick_key,
 )
 from shardgate.schedule_store import (
+    CHANGES_KEY,
     HISTORY_CAP,
     Action,
     StoredSchedule,
@@ -63,7 +66,8 @@ from shardgate.sharding import InvocationId, idempotent_invocation_id, partition
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.5  # look for schedules the admin API added at least this often
+POLL_S = 0.5  # how often a worker reads the admin's schedule change counter (one GET per worker)
+IDLE_S = 5.0  # a partition's loop looks at its due set at least this often, poked or not
 BATCH = 256
 FIRE_CONCURRENCY = 32
 STUCK_RETRY_S = 1.0  # a tick still due after its turn (e.g. an unreadable definition) is looked at again
@@ -128,6 +132,39 @@ def _pass_through(req: spb.InvokeRequest, d: ScheduleDefinition) -> None:
             setattr(req, name, value)
 
 
+class ScheduleChanges:
+    """Wakes a worker's schedule loops when the admin API changed a schedule: one GET of the
+    admin's change counter (`CHANGES_KEY`) every POLL_S for the whole worker, where every
+    partition's loop used to poll its own due set."""
+
+    def __init__(self, redis: Redis, wake: Callable[[], None], clock: Clock = SYSTEM_CLOCK) -> None:
+        self._redis = redis
+        self._wake = wake
+        self._clock = clock
+        self._seen: bytes | None = None
+        self._read = False
+
+    async def check(self) -> bool:
+        """Read the counter; wake the loops (and return True) when it moved since the last read,
+        or at the first read (a change may have come between a loop's first look and it). Raises
+        RedisError."""
+        raw = cast("bytes | None", await self._redis.get(CHANGES_KEY))
+        moved = not self._read or raw != self._seen
+        self._seen, self._read = raw, True
+        if moved:
+            self._wake()
+        return moved
+
+    async def run(self, interval_s: float = POLL_S) -> None:
+        """Poll until cancelled; a Redis failure only delays the wake-up (the loops look within IDLE_S)."""
+        while True:
+            try:
+                await self.check()
+            except Exception as e:  # noqa: BLE001  Redis unavailable: the next read sees the change
+                log.debug("cannot read the schedule change counter (%s)", type(e).__name__)
+            await self._clock.sleep(interval_s)
+
+
 class PartitionSchedules:
     """The schedule loop of one partition under one fence token."""
 
@@ -176,8 +213,8 @@ class PartitionSchedules:
         head = cast("list[tuple[bytes, float]]", await self._redis.zrange(due_key(self._partition), 0, 0,
                                                                            withscores=True))
         if not head:
-            return POLL_S
-        delay_s = min(POLL_S, max(0.0, (head[0][1] - self._clock.now_ms()) / 1000))
+            return IDLE_S
+        delay_s = min(IDLE_S, max(0.0, (head[0][1] - self._clock.now_ms()) / 1000))
         return delay_s if delay_s > 0 or not due else STUCK_RETRY_S  # a due tick that did not commit
 
     async def _guarded(self, schedule_id: str, nominal_ms: int, raw: dict[bytes, bytes]) -> bool:

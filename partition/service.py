@@ -20,6 +20,7 @@ from partition.errors import NotLeader, WorkerBusy
 from partition.invoker import Invoker
 from partition.leader import PartitionLeader
 from partition.metrics import INVOCATIONS
+from partition.schedules import ScheduleChanges
 from partition.scripts import Scripts
 from partition.transition import AcceptOutcome
 from sgproto.partition.v1 import partition_service_pb2 as pb
@@ -95,7 +96,8 @@ class PartitionService:
         self._closing: set[asyncio.Task[None]] = set()
         self.rules = RuleBookCache(redis, clock)
         self.rules.on_change.append(self._limits_changed)
-        self._rules_poll: asyncio.Task[None] | None = None
+        self._polls: list[asyncio.Task[None]] = []  # the rule book's and the schedule counter's
+        self._schedule_changes = ScheduleChanges(redis, self._poke_schedules, clock)
 
     # ---- ownership callbacks -----------------------------------------------------------------
     def check_leases(self, leases: LeaseCheck) -> None:
@@ -109,13 +111,18 @@ class PartitionService:
                                clock=self._clock, deliver=self._deliver_from_outbox, rules=self.rules.current)
 
     def on_acquired(self, partition: int, token: str) -> None:
-        if self._rules_poll is None:  # the first partition: keep the rule book fresh from now on
-            self._rules_poll = asyncio.get_running_loop().create_task(self.rules.run())
+        if not self._polls:  # the first partition: keep the rule book fresh, watch the schedules
+            loop = asyncio.get_running_loop()
+            self._polls = [loop.create_task(self.rules.run()), loop.create_task(self._schedule_changes.run())]
         old = self._leaders.pop(partition, None)
         if old is not None:
             self._close(old)
         leader = self._leaders[partition] = self.new_leader(partition, token)
         leader.open()
+
+    def _poke_schedules(self) -> None:
+        for leader in self._leaders.values():
+            leader.poke_schedules()
 
     def _limits_changed(self, book: RuleBook) -> None:
         for leader in self._leaders.values():
@@ -199,9 +206,9 @@ class PartitionService:
         """Stop every leader (their attempts are replayed by the partitions' next owners)."""
         for p in list(self._leaders):
             self.on_lost(p)
-        if self._rules_poll is not None:  # bounded: a lost cancellation is cancelled again
+        if self._polls:  # bounded: a lost cancellation is cancelled again
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(cancel_and_wait([self._rules_poll]), SHUTDOWN_WAIT_S)
+                await asyncio.wait_for(cancel_and_wait(self._polls), SHUTDOWN_WAIT_S)
         if self._closing:
             _, stuck = await asyncio.wait(list(self._closing), timeout=SHUTDOWN_WAIT_S)
             if stuck:  # a task ignores its cancellation: name every running task, do not hang the stop

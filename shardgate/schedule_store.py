@@ -20,11 +20,13 @@ due time, never the fire state the leader owns.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shardgate.schedule import ScheduleDefinition, decode_definition, encode_definition, iso_ms, upcoming
 from shardgate.sharding import hash_str, partition_of
@@ -55,6 +57,15 @@ class Action(str, Enum):
     MISSED = "missed"  # skipped by the catch-up rule
     OVERLAP = "overlap"  # skipped: the previous invocation still ran
     NO_TARGET = "no_target"  # skipped: the target is not registered any more
+
+
+log = logging.getLogger(__name__)
+
+CHANGES_KEY = "sg:sched-changes"
+"""A counter the admin side bumps after every schedule write that changed something. Each worker
+reads it (one GET for all its partitions, `partition.schedules.ScheduleChanges`) and wakes its
+schedule loops when it moved, so the loops need not poll their due sets often. Outside every
+partition's slot, hence written after (not in) the schedule's own script."""
 
 
 def lua_fields(prefix: str = "F") -> str:
@@ -204,6 +215,7 @@ class ScheduleStore:
         ver, created = await self._put(
             keys=[schedule_key(p, sid), due_key(p), index_key(p)],
             args=[sid, encode_definition(d), now_ms, "" if next_ms is None else next_ms, "1" if paused else ""])
+        await self._changed()
         return int(ver), bool(created)
 
     async def set_paused(self, schedule_id: str, expected_version: int, paused: bool, next_ms: int | None,
@@ -211,17 +223,33 @@ class ScheduleStore:
         """Pause or resume (resume sets the next nominal time); the new version, 0 when the
         schedule does not exist, -1 when its version is no longer `expected_version`. Raises RedisError."""
         p = self.partition(schedule_id)
-        return int(await self._patch(
+        version = int(await self._patch(
             keys=[schedule_key(p, schedule_id), due_key(p)],
             args=[schedule_id, expected_version, "1" if paused else "", "" if next_ms is None else next_ms,
                   now_ms]))
+        if version > 0:
+            await self._changed()
+        return version
 
     async def delete(self, schedule_id: str) -> bool:
         """Remove a schedule and its history; False when it did not exist. Raises RedisError."""
         p = self.partition(schedule_id)
-        return bool(await self._delete(
+        deleted = bool(await self._delete(
             keys=[schedule_key(p, schedule_id), history_key(p, schedule_id), due_key(p), index_key(p)],
             args=[schedule_id]))
+        if deleted:
+            await self._changed()
+        return deleted
+
+    async def _changed(self) -> None:
+        """Bump CHANGES_KEY. The write before it has committed, so a failure here is only logged:
+        the partition's schedule loop then sees the change at its next look
+        (`partition.schedules.IDLE_S`) instead of within a poll of the counter."""
+        try:
+            await self._redis.incr(CHANGES_KEY)
+        except RedisError as e:
+            log.warning("schedule written, but the change counter not (%s): the workers see it within "
+                        "their idle look", type(e).__name__)
 
     async def get(self, schedule_id: str) -> StoredSchedule | None:
         """The schedule, or None. Raises RedisError."""

@@ -2,7 +2,8 @@
 manual clock: a due tick becomes one idempotent send in the outbox and the schedule advances;
 two leaders of one partition (a stale one and a racing one) never queue a tick twice; a tick
 planned before an admin change does not fire; catch-up, overlap, pause / resume, end of a
-schedule and an unregistered target; the loop itself sleeps until the next tick."""
+schedule and an unregistered target; the loop itself sleeps until the next tick; admin writes
+bump the change counter that wakes a worker's loops."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from redis.crc import key_slot
 from partition import keys
 from partition.errors import Fenced
 from partition.outbox_codec import decode_outbox
-from partition.schedules import SCHEDULE_TICK_HEADER, FireOutcome, PartitionSchedules, tick_request
+from partition.schedules import (
+    IDLE_S,
+    SCHEDULE_TICK_HEADER,
+    FireOutcome,
+    PartitionSchedules,
+    ScheduleChanges,
+    tick_request,
+)
 from partition.scripts import Scripts
 from shardgate.clock import ManualClock
 from shardgate.schedule import iso_ms, next_fire, parse_definition, plan_due
@@ -293,3 +301,47 @@ async def test_sys_schedule_rows(env: Env) -> None:
                                                                                  "Europe/Berlin")
     assert (rows["s2"]["state"], rows["s2"]["next_fire_at"], rows["s2"]["target_service_name"]) == (
         "paused", None, "Recorder")
+
+
+async def test_admin_writes_that_change_a_schedule_wake_the_loops(env: Env) -> None:
+    wakes: list[int] = []
+    changes = ScheduleChanges(env.redis, lambda: wakes.append(1), env.clock)
+    assert await changes.check() and len(wakes) == 1  # the first read wakes: a change may precede it
+    assert not await changes.check()
+    await env.put("s1", every="PT1M")
+    assert await changes.check() and len(wakes) == 2
+    version = (await env.get("s1")).version
+    assert await env.store.set_paused("s1", version, True, None, env.clock.now_ms()) > 0
+    assert await changes.check() and len(wakes) == 3
+    assert await env.store.set_paused("s1", version, False, None, env.clock.now_ms()) == -1  # stale: no change
+    assert not await changes.check()
+    assert await env.store.delete("s1")
+    assert await changes.check() and len(wakes) == 4
+    assert not await env.store.delete("s1")
+    assert not await changes.check() and len(wakes) == 4
+
+
+async def test_a_loop_without_due_ticks_looks_again_within_its_idle_bound(env: Env) -> None:
+    assert await env.loop("nothing").tick() == IDLE_S
+    await env.put("s1", every="PT1H")
+    assert await env.loop("s1").tick() == IDLE_S  # the next tick is an hour away: look again within IDLE_S
+
+
+async def test_a_schedule_the_admin_adds_wakes_a_parked_loop_within_a_counter_poll(env: Env) -> None:
+    loop = env.loop("s1")
+    changes = ScheduleChanges(env.redis, loop.poke, env.clock)
+    tasks = [asyncio.create_task(loop.run()), asyncio.create_task(changes.run())]
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while env.clock.sleepers < 2:  # the loop found nothing (sleeps IDLE_S), the counter poll sleeps
+                await asyncio.sleep(0.001)
+        await env.put("s1", every="PT1S")  # first due 1 s from now, long before the loop's idle look
+        env.clock.advance(1000)  # past one counter poll (POLL_S) and the tick, far short of IDLE_S
+        async with asyncio.timeout(WAIT_S):
+            while len(await env.outbox("s1")) < 1:
+                await asyncio.sleep(0.005)
+        assert _tick_times(await env.outbox("s1")) == [iso_ms(START_MS + 1000)[11:19]]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

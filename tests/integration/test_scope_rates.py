@@ -6,7 +6,8 @@ would); `on_limit: reject` refuses without storing anything; rate and concurrenc
 newcomer never overtakes a waiting queue; the wake-up survives the cancel of the invocation that
 carried it; a rule change adds or removes a rate of a bucket in use. Last, a real partition leader
 (its timer loop, rule book and transitions) on a `ManualClock`: admissions follow the clock the
-test moves, never real time."""
+test moves, never real time; its flow-control gauges are read after a scoped accept and, while
+the partition has no bucket, only every VQUEUE_IDLE_PERIODS."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from partition import keys
 from partition.driver import Run
 from partition.invocation import HandlerKind, InvocationRecord, Result, Status
 from partition.invoker import Invoker
+from partition.leader import VQUEUE_GAUGES_S, VQUEUE_IDLE_PERIODS
+from partition.metrics import VQUEUE_GAUGES
 from partition.scripts import Accepted, Scripts, Target
 from partition.service import PartitionService
 from partition.transition import AcceptOutcome, ApplyOutcome, End, ManageOutcome, StartOutcome
@@ -301,6 +304,58 @@ async def test_a_leader_admits_at_the_rate_of_its_injected_clock(scripts: Script
         starts = sorted(started.values())
         assert starts == [T0_MS] * 5 + [T0_MS + 50 * k for k in range(1, 56)]
         assert _max_in_window(starts) == 25
+    finally:
+        leader.close()
+        await leader.wait_closed()
+
+
+async def test_the_gauges_are_read_after_a_scoped_accept_and_seldom_without_buckets(scripts: Scripts,
+                                                                                    redis: Redis) -> None:
+    rule = Rule(SCOPE, Limits.parse({"concurrency": 2}))
+    await redis.hset(RULES_KEY, mapping={rule_field(SCOPE): json.dumps(rule.to_json()), VERSION_FIELD: 1})
+    clock = ManualClock(T0_MS)
+    service = PartitionService(redis, scripts, Invoker(connect_timeout_s=1.0), SchemaSnapshot.empty, 8, 4,
+                               clock=clock)
+    leader = service.new_leader(P, await _lease(scripts))
+    reads: list[int] = []
+    views = scripts.vqueue_views
+
+    async def counted(partition: int, now_ms: int) -> Any:
+        reads.append(now_ms)
+        return await views(partition, now_ms)
+
+    scripts.vqueue_views = counted  # type: ignore[method-assign]
+    parked = asyncio.get_running_loop().create_future()
+
+    def record(run: Run) -> None:  # instead of an attempt against a deployment: hold the slot
+        leader._drivers[run.target.invocation_id] = asyncio.ensure_future(parked)
+
+    leader.start = record  # type: ignore[method-assign]
+    period_ms = int(VQUEUE_GAUGES_S * 1000)
+
+    async def reads_at_least(n: int) -> bool | None:
+        return True if len(reads) >= n else None
+
+    leader.open()
+    try:
+        await poll("the first gauge read", 5.0, lambda: reads_at_least(1), interval_s=0.002)
+        for _ in range(VQUEUE_IDLE_PERIODS - 1):  # no bucket, no scoped accept: no read
+            clock.advance(period_ms)
+            await asyncio.sleep(0.01)
+        assert len(reads) == 1
+        req = spb.InvokeRequest(partition=P, invocation_id=_t("G1").invocation_id, service="Gate", handler="work",
+                                kind=spb.HANDLER_KIND_SERVICE, body=b"{}", scope=SCOPE)
+        await leader.invoke(req)
+        clock.advance(period_ms)
+        await poll("the read after a scoped accept", 5.0, lambda: reads_at_least(2), interval_s=0.002)
+
+        async def running() -> bool | None:
+            got = VQUEUE_GAUGES._views.get(P, ())
+            return True if any(v.bucket == SCOPE and v.running == 1 for _, v in got) else None
+
+        await poll("the bucket in the gauges", 5.0, running, interval_s=0.002)
+        clock.advance(period_ms)  # a bucket in use: read every period
+        await poll("the next read", 5.0, lambda: reads_at_least(3), interval_s=0.002)
     finally:
         leader.close()
         await leader.wait_closed()
