@@ -8,6 +8,10 @@ requests finish for up to SHARDGATE_SHUTDOWN_GRACE_S (default 5), and exits.
 
 from __future__ import annotations
 
+from shardgate import grpc_env
+
+grpc_env.apply_defaults()  # before anything imports grpc: C-core reads its settings at import
+
 import asyncio
 import logging
 import signal

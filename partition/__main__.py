@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from shardgate import grpc_env
+
+grpc_env.apply_defaults()  # before anything imports grpc: C-core reads its settings at import
+
 import asyncio
 import signal
 import sys
