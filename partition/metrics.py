@@ -49,6 +49,14 @@ SCRIPT_DURATION = Histogram(
     ["script"],
     buckets=_LATENCY_BUCKETS,
 )
+SCRIPT_BATCHES = Counter(
+    "shardgate_partition_script_batches_total",
+    "Writes of the worker's script pipeline to a standalone Redis: one round trip each, shared by its calls.",
+)
+SCRIPT_BATCHED_CALLS = Counter(
+    "shardgate_partition_script_batched_calls_total",
+    "Script calls the pipeline sent; divided by the batches, the mean batch size.",
+)
 NOT_REPLICATED = Counter(
     "shardgate_partition_not_replicated_total",
     "Transitions fewer replicas than SHARDGATE_REDIS_WAIT_REPLICAS acknowledged in time (treated as lost replies).",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from partition import effects, keys, outbox_codec
 from partition.errors import Fenced, NotReplicated
@@ -51,7 +52,7 @@ from partition.invocation import (
     StoredResult,
     signal_key,
 )
-from partition.metrics import NOT_REPLICATED, SCRIPT_DURATION
+from partition.metrics import NOT_REPLICATED, SCRIPT_BATCHED_CALLS, SCRIPT_BATCHES, SCRIPT_DURATION
 from partition.restart import RestartOutcome
 from partition.transition import (
     OP_ARGS,
@@ -74,6 +75,7 @@ from partition.transition import (
 from shardgate import protocol, redisconn
 from shardgate.limits import BucketView, QueueView
 from shardgate.protocol import MessageType
+from shardgate.redispipe import ScriptPipeline
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -309,12 +311,21 @@ class ReplicaAcks:
     timeout_ms: int
 
 
+def _count_batch(calls: int) -> None:
+    SCRIPT_BATCHES.inc()
+    SCRIPT_BATCHED_CALLS.inc(calls)
+
+
 class Scripts:
-    """Every partition Lua transition, registered once per Redis client, and the typed reads."""
+    """Every partition Lua transition, registered once per Redis client, and the typed reads.
+    On a standalone server without replica acknowledgements the transitions of concurrent callers
+    share round trips (`shardgate.redispipe.ScriptPipeline`: still one EVALSHA each)."""
 
     def __init__(self, redis: Redis, acks: ReplicaAcks | None = None) -> None:
         self._redis = redis
         self._acks = acks if acks is not None and acks.replicas > 0 else None
+        self.pipeline = (ScriptPipeline(redis, on_batch=_count_batch)
+                         if self._acks is None and not isinstance(redis, RedisCluster) else None)
         self._scripts = {name: redis.register_script(source(name)) for name in COMPOSITION}
         self.lease_acquire = redis.register_script(source("lease_acquire"))
         self.lease_renew = redis.register_script(source("lease_renew"))
@@ -323,6 +334,8 @@ class Scripts:
     async def _run(self, name: str, keys_: list[str], args: Sequence[ArgvValue]) -> Any:
         started = time.perf_counter()
         try:
+            if self.pipeline is not None:
+                return await self.pipeline.evalsha(self._scripts[name], keys_, args)
             if self._acks is None:
                 return await self._scripts[name](keys=keys_, args=args)
             return await self._run_acknowledged(name, keys_, args, self._acks)

@@ -2,7 +2,8 @@
 never reaches Redis.
 
 A worker's partition service runs in-process against a real Redis and a real restate-sdk
-deployment. The Redis client runs every script for real, then, for the k-th call of one
+deployment. The Redis client (or the scripts' shared pipeline, the path of
+a standalone server) runs every script for real, then, for the k-th call of one
 transition script, throws the reply away (a connection error, as after a socket timeout during
 an fsync stall or a Redis restart) or raises CancelledError (an RPC cancelled right after its
 script was sent). Whatever was lost, within 10 s every call is answered (by its own RPC or by an
@@ -16,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from partition import keys
@@ -30,6 +32,7 @@ from partition.invoker import Invoker
 from partition.scripts import Scripts
 from partition.service import PartitionService
 from sgproto.partition.v1 import partition_service_pb2 as pb
+from shardgate.redispipe import ScriptPipeline
 from shardgate.schema import Deployment, HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
 from shardgate.sharding import idempotent_invocation_id, partition_of
 from tests.deployments import serve_sdk_app
@@ -60,20 +63,35 @@ class LossyRedis(Redis):
         self.tries: Tally[str] = Tally()  # calls sent, per transition
         self.lost: list[str] = []
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
+    async def injected(self, sha: str, send: Callable[[], Awaitable[Any]]) -> Any:
+        """`send()` the script call `sha`, losing it or its reply as chosen."""
         name = self.names.get(sha)
         if name is not None:
             self.tries[name] += 1
             if self.refuse.get(name) == self.tries[name]:
                 self.lost.append(name)
                 raise RedisConnectionError(f"Redis unreachable for {name} (injected)")
-        reply = await super().evalsha(sha, numkeys, *keys_and_args)
+        reply = await send()
         if name is not None:
             self.calls[name] += 1
             if self.drop.get(name) == self.calls[name]:
                 self.lost.append(name)
                 raise self.lose_with(f"reply of {name} lost (injected)")
         return reply
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
+        return await self.injected(sha, lambda: super(LossyRedis, self).evalsha(sha, numkeys, *keys_and_args))
+
+
+class LossyPipeline(ScriptPipeline):
+    """The scripts' shared pipeline (the path of a standalone server), with LossyRedis's faults."""
+
+    def __init__(self, redis: LossyRedis) -> None:
+        super().__init__(redis)
+        self._lossy = redis
+
+    async def evalsha(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return await self._lossy.injected(script.sha, lambda: super(LossyPipeline, self).evalsha(script, keys, args))
 
 
 def _schema(uri: str, chain_uri: str) -> SchemaSnapshot:
@@ -109,11 +127,14 @@ def _request(service: str, key: str | None, handler: str, body: bytes, idem: str
 
 
 class Worker:
-    """The partition service of one worker owning every partition, over a lossy client."""
+    """The partition service of one worker owning every partition, over a lossy client; its
+    scripts go through the shared pipeline as on a standalone server, or (`pipelined` False)
+    through redis-py's commands as on a cluster or with replica acknowledgements."""
 
-    def __init__(self, redis: LossyRedis, uri: str, chain_uri: str) -> None:
+    def __init__(self, redis: LossyRedis, uri: str, chain_uri: str, pipelined: bool = True) -> None:
         self.redis = redis
         self.scripts = Scripts(redis)
+        self.scripts.pipeline = LossyPipeline(redis) if pipelined else None
         redis.names = {script.sha: name for name, script in self.scripts._scripts.items()}
         self.invoker = Invoker(connect_timeout_s=5.0)
         schema = _schema(uri, chain_uri)
@@ -201,11 +222,12 @@ FAULTS = [("accept", 1), ("accept", 7), ("accept", 16), ("apply", 1), ("apply", 
           ("outbox_ack", 2)]
 
 
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "plain"])
 @pytest.mark.parametrize(("script", "k"), FAULTS)
 async def test_a_lost_reply_leaves_nothing_undriven_or_unanswered(lossy: LossyRedis, sdk_deployment: str,
                                                                   chain_deployment: str, script: str,
-                                                                  k: int) -> None:
-    worker = Worker(lossy, sdk_deployment, chain_deployment)
+                                                                  k: int, pipelined: bool) -> None:
+    worker = Worker(lossy, sdk_deployment, chain_deployment, pipelined)
     await worker.start()
     lossy.drop = {script: k}
     try:

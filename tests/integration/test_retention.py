@@ -42,6 +42,7 @@ from shardgate.protocol import MessageType as T
 from shardgate.schema import Deployment, HandlerMeta, SchemaSnapshot, ServiceMeta, ServiceType
 from shardgate.sharding import idempotent_invocation_id, partition_of
 from tests.integration.conftest import lease_token
+from tests.integration.counting import CountingRedis, counted_scripts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,24 +63,6 @@ COMPLETED_FIELDS = {H.STATUS, H.RESULT, H.EXPIRES, H.SERVICE, H.HANDLER, H.KIND,
 # what a completed plain service call keeps (neither its generated key nor a nonce: decision 32)
 # MEMORY USAGE bound of that hash (measured: 214 B on Redis 6.2 with libc malloc, 232 B on 7.0 with jemalloc)
 COMPLETED_BOUND_B = 256
-
-
-class CountingRedis(Redis):
-    """A client that counts the scripts it sends (EVALSHA / EVAL), by transition name once
-    `names` (sha -> name) is filled: this test's own count, not the shared server's."""
-
-    scripts_sent = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.names: dict[str, str] = {}
-        self.sent: Tally[str] = Tally()
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if args and str(args[0]).upper() in ("EVALSHA", "EVAL"):
-            self.scripts_sent += 1
-            self.sent[self.names.get(str(args[1]), "?")] += 1
-        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture
@@ -335,8 +318,7 @@ async def _greeter_service(redis_url: str, sdk_deployment: str) -> AsyncIterator
     deployment, on a client that counts its scripts by name."""
     redis = cast(CountingRedis, CountingRedis.from_url(redis_url, socket_timeout=5))
     await redis.flushdb()
-    scripts = Scripts(redis)
-    redis.names = {script.sha: name for name, script in scripts._scripts.items()}
+    scripts = counted_scripts(redis)
     deployment = Deployment(id="dp_ret", uri=sdk_deployment, protocol_mode="REQUEST_RESPONSE",
                             min_protocol_version=5, max_protocol_version=6)
     greeter = ServiceMeta(name="Greeter", ty=ServiceType.SERVICE, deployment_id=deployment.id,

@@ -43,6 +43,7 @@ from shardgate.clock import SYSTEM_CLOCK
 from shardgate.protocol import MessageType as T
 from shardgate.schema import Deployment, HandlerMeta, SchemaSnapshot, ServiceMeta, ServiceType
 from shardgate.sharding import idempotent_invocation_id, partition_of, workflow_invocation_id
+from tests.integration.counting import CountingRedis, counted_scripts
 
 P = 3
 
@@ -593,20 +594,7 @@ async def test_retry_timer_whose_restart_fails_is_pushed_back_not_lost(scripts: 
 # ---- the cost of a plain call --------------------------------------------------------------------
 
 
-class CountingRedis(Redis):
-    """A client that counts the scripts it sends (EVALSHA / EVAL), so the count is this test's own
-    and not the shared server's, which leftovers of other tests may also be talking to."""
-
-    scripts_sent = 0
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if args and str(args[0]).upper() in ("EVALSHA", "EVAL"):
-            self.scripts_sent += 1
-        return await super().execute_command(*args, **options)
-
-
-async def _evalsha_calls(redis: Redis) -> int:
-    assert isinstance(redis, CountingRedis)
+async def _evalsha_calls(redis: CountingRedis) -> int:
     return redis.scripts_sent
 
 
@@ -620,7 +608,7 @@ def _greet(n: int) -> spb.InvokeRequest:
 async def test_a_plain_call_costs_exactly_two_scripts(redis_url: str, sdk_deployment: str) -> None:
     """accept + apply: one EVALSHA each, nothing else, against a real restate-sdk deployment."""
     redis = CountingRedis.from_url(redis_url, socket_timeout=5)
-    scripts = Scripts(redis)
+    scripts = counted_scripts(redis)
     deployment = Deployment(id="dp_cost", uri=sdk_deployment, protocol_mode="REQUEST_RESPONSE",
                             min_protocol_version=5, max_protocol_version=6)
     greeter = ServiceMeta(name="Greeter", ty=ServiceType.SERVICE, deployment_id=deployment.id,
@@ -641,9 +629,12 @@ async def test_a_plain_call_costs_exactly_two_scripts(redis_url: str, sdk_deploy
         warm = await service.invoke(_greet(1))  # loads the scripts (NOSCRIPT fallback) first
         assert warm.result.value == b'"Hello, Ann!"'
         before = await _evalsha_calls(redis)
+        assert scripts.pipeline is not None
+        batches = scripts.pipeline.batches
         resp = await service.invoke(_greet(2))
         assert resp.result.value == b'"Hello, Ann!"' and resp.result.failure_code == 0
         assert await _evalsha_calls(redis) - before == 2
+        assert scripts.pipeline.batches - batches == 2  # accept, then apply: two round trips
     finally:
         await service.shutdown()
         await invoker.close()

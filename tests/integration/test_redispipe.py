@@ -1,0 +1,99 @@
+"""shardgate/redispipe.py against a real redis-server: calls queued together go out as one write and
+are answered in order; an error reply fails only its call; NOSCRIPT loads the script and sends the
+call again; a call cancelled before its batch was written never runs; a timeout fails the calls
+not yet answered and the next batch gets a fresh connection; batches are bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError, TimeoutError
+
+from shardgate.redispipe import ScriptPipeline
+
+pytestmark = pytest.mark.timeout(30)
+
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAIL_ON_ZERO = "if ARGV[1] == '0' then return redis.error_reply('zero') end return ARGV[1]"
+BUSY = """local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+return 1"""
+
+
+async def test_calls_queued_together_share_one_write_and_are_answered_in_order(redis: Redis) -> None:
+    pipe = ScriptPipeline(redis)
+    incr = redis.register_script(INCR)
+    await redis.script_load(INCR)
+    replies = await asyncio.gather(*(pipe.evalsha(incr, ["n"], [k]) for k in range(1, 11)))
+    assert replies == [sum(range(1, k + 1)) for k in range(1, 11)]  # the order they were issued in
+    assert (pipe.batches, pipe.calls) == (1, 10)
+
+
+async def test_an_error_reply_fails_only_its_call(redis: Redis) -> None:
+    pipe = ScriptPipeline(redis)
+    script = redis.register_script(FAIL_ON_ZERO)
+    await redis.script_load(FAIL_ON_ZERO)
+    results = await asyncio.gather(*(pipe.evalsha(script, [], [v]) for v in ("1", "0", "2")),
+                                   return_exceptions=True)
+    assert results[0] == b"1" and results[2] == b"2"
+    assert isinstance(results[1], ResponseError) and "zero" in str(results[1])
+    assert pipe.batches == 1
+
+
+async def test_noscript_loads_the_script_and_sends_the_call_again(redis: Redis) -> None:
+    pipe = ScriptPipeline(redis)
+    incr = redis.register_script(INCR)
+    await redis.script_flush()
+    assert await pipe.evalsha(incr, ["n"], [5]) == 5
+    assert await redis.script_exists(incr.sha) == [True]
+    assert pipe.calls == 2  # the NOSCRIPT one, then the call again
+    assert int(await redis.get("n")) == 5
+
+
+async def test_a_call_cancelled_before_its_batch_was_written_never_runs(redis: Redis) -> None:
+    pipe = ScriptPipeline(redis)
+    incr = redis.register_script(INCR)
+    await redis.script_load(INCR)
+    doomed = asyncio.create_task(pipe.evalsha(incr, ["n"], [100]))
+    await asyncio.sleep(0)  # it is queued, its batch not yet written
+    doomed.cancel()
+    kept = await pipe.evalsha(incr, ["n"], [1])
+    assert kept == 1 and doomed.cancelled()
+    assert int(await redis.get("n")) == 1
+
+
+async def test_a_timeout_fails_the_unanswered_calls_and_the_next_batch_reconnects(redis_url: str) -> None:
+    client = Redis.from_url(redis_url, socket_timeout=0.2)
+    try:
+        pipe = ScriptPipeline(client)
+        busy, incr = client.register_script(BUSY), client.register_script(INCR)
+        await client.script_load(BUSY)
+        await client.script_load(INCR)
+        results = await asyncio.gather(pipe.evalsha(busy, [], [600_000]), pipe.evalsha(incr, ["n"], [1]),
+                                       return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        async with asyncio.timeout(10):
+            while True:  # Redis finishes the busy script, then runs the INCR that was sent after it
+                try:
+                    if await client.get("n") == b"1":
+                        break
+                except TimeoutError:
+                    pass
+                await asyncio.sleep(0.05)
+        assert await pipe.evalsha(incr, ["n"], [1]) == 2  # a fresh connection, in order again
+    finally:
+        await client.aclose()
+
+
+async def test_batches_are_bounded(redis: Redis) -> None:
+    pipe = ScriptPipeline(redis, max_batch=4)
+    incr = redis.register_script(INCR)
+    await redis.script_load(INCR)
+    replies = await asyncio.gather(*(pipe.evalsha(incr, ["n"], [1]) for _ in range(10)))
+    assert replies == list(range(1, 11))
+    assert (pipe.batches, pipe.calls) == (3, 10)
