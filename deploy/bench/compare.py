@@ -40,7 +40,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TS_SOURCE_DIR = Path(__file__).resolve().parent / "ts"
@@ -67,6 +67,9 @@ QUIET_CPU_FRACTION = 0.10
 DRAIN_TIMEOUT_S = 180.0
 WARMUP_S = 2.0
 PR_SET_PDEATHSIG = 1
+
+
+T = TypeVar("T")
 
 
 class CompareError(RuntimeError):
@@ -767,27 +770,37 @@ def write_json(path: Path, results: Sequence[RoundResult], settings: Mapping[str
     path.write_text(json.dumps({"settings": dict(settings), "rounds": [asdict(r) for r in results]}, indent=2))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the comparison; 0 on success, 1 on a CompareError, 130 on Ctrl-C / SIGTERM."""
-    args = parse_args(argv)
+def run_tool(tool: str, cache_dir: Path, keep: bool, body: Callable[[Processes, Path], T]) -> tuple[int, T | None]:
+    """`body(procs, work)` in a fresh run dir (`run_dir`), every process it started stopped afterwards,
+    also on SIGTERM and Ctrl-C; (0, its result), or (1, None) after a CompareError, (130, None)
+    when interrupted, the reason printed on stderr as `<tool>: ...`."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     procs = Processes()
-    settings: dict[str, Any] = {"duration_s": args.duration, "connections": args.connections, "rounds": args.rounds,
-                "restate_version": RESTATE_VERSION, "target": TARGET}
     try:
-        with run_dir(Path(args.cache_dir), args.keep) as work:
+        with run_dir(cache_dir, keep) as work:
             try:
-                results = compare(args, procs, work, settings)
+                return 0, body(procs, work)
             finally:
                 procs.stop_all()
     except CompareError as exc:
-        print(f"compare: {exc}", file=sys.stderr)
-        return 1
+        print(f"{tool}: {exc}", file=sys.stderr)
+        return 1, None
     except KeyboardInterrupt:
-        print("compare: interrupted; every started process was stopped", file=sys.stderr)
-        return 130
+        print(f"{tool}: interrupted; every started process was stopped", file=sys.stderr)
+        return 130, None
     finally:
         procs.stop_all()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison; 0 on success, 1 on a CompareError, 130 on Ctrl-C / SIGTERM."""
+    args = parse_args(argv)
+    settings: dict[str, Any] = {"duration_s": args.duration, "connections": args.connections, "rounds": args.rounds,
+                "restate_version": RESTATE_VERSION, "target": TARGET}
+    code, results = run_tool("compare", Path(args.cache_dir), args.keep,
+                             lambda procs, work: compare(args, procs, work, settings))
+    if results is None:
+        return code
     print(format_table(results, settings), end="", flush=True)
     if args.json is not None:
         write_json(args.json, results, settings)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -242,20 +241,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """0 on success, 1 on a CompareError, 130 on Ctrl-C / SIGTERM."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, compare._raise_interrupt)
-    procs = Processes()
-    try:
-        with compare.run_dir(Path(args.cache_dir), args.keep) as work:
-            try:
-                results = run(args, procs, work)
-            finally:
-                procs.stop_all()
-    except CompareError as exc:
-        print(f"inflight: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("inflight: interrupted; every started process was stopped", file=sys.stderr)
-        return 130
+    code, results = compare.run_tool("inflight", Path(args.cache_dir), args.keep,
+                                     lambda procs, work: run(args, procs, work))
+    if results is None:
+        return code
     print(format_table(results), end="", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -114,20 +113,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """0 on success, 1 on a CompareError, 130 on Ctrl-C / SIGTERM."""
     args = parse_args(argv)
-    procs = Processes()
-    try:
-        with tempfile.TemporaryDirectory(prefix="roles-") as tmp:
-            try:
-                run(args, procs, Path(tmp))
-            finally:
-                procs.stop_all()
-    except CompareError as exc:
-        print(f"roles: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return compare.run_tool("roles", Path(args.cache_dir), False, lambda procs, work: run(args, procs, work))[0]
 
 
 if __name__ == "__main__":
