@@ -132,6 +132,9 @@ def _pass_through(req: spb.InvokeRequest, d: ScheduleDefinition) -> None:
             setattr(req, name, value)
 
 
+_UNREAD = object()
+
+
 class ScheduleChanges:
     """Wakes a worker's schedule loops when the admin API changed a schedule: one GET of the
     admin's change counter (`CHANGES_KEY`) every POLL_S for the whole worker, where every
@@ -141,16 +144,14 @@ class ScheduleChanges:
         self._redis = redis
         self._wake = wake
         self._clock = clock
-        self._seen: bytes | None = None
-        self._read = False
+        self._seen: object = _UNREAD  # the counter's value at the last read
 
     async def check(self) -> bool:
         """Read the counter; wake the loops (and return True) when it moved since the last read,
         or at the first read (a change may have come between a loop's first look and it). Raises
         RedisError."""
         raw = cast("bytes | None", await self._redis.get(CHANGES_KEY))
-        moved = not self._read or raw != self._seen
-        self._seen, self._read = raw, True
+        moved, self._seen = raw != self._seen, raw
         if moved:
             self._wake()
         return moved

@@ -7,9 +7,8 @@ C-core reads `GRPC_EXPERIMENTS` once, when `grpc` is first imported, so each pro
 polling, where the thread that waits on the completion queue (grpc.aio's poller thread) also
 polls the sockets. With the EventEngine, another thread polls them and hands every event over,
 one more thread wake-up per gRPC message on both ends. Measured on the 2-core machine with a
-32-connection call bench: calls/s up by about a quarter, ingress CPU per call 0.67-0.75 ms down
-to 0.50-0.58 ms, worker CPU per call down by a fifth (docs/performance.md, section 4). An
-operator's own `GRPC_EXPERIMENTS` is left as it is.
+32-connection call bench, alternating: about 8 % less server CPU per call and 6-10 % more calls/s
+(docs/performance.md, section 4). An operator's own `GRPC_EXPERIMENTS` is left as it is.
 """
 
 from __future__ import annotations
