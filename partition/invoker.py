@@ -4,23 +4,24 @@ Start + Input + the stored journal go out in one HTTP/1.1 POST; the SDK's frames
 the response and are returned for `effects.plan_attempt`. Transport failures, HTTP errors and
 framing violations raise `DeploymentError` (the attempt is retried with back-off).
 
-Plain `http://` deployments registered for HTTP/1.1 are reached through the lean keep-alive
-client of `http1.py`; `https://` and HTTP/2 deployments through aiohttp, as before.
+Plain `http://` deployments are reached as they were discovered: over HTTP/1.1 through the lean
+keep-alive client of `http1.py` when registered with `use_http_11` (or when they answered
+discovery in HTTP/1.x), else over h2c through `shardgate.http2` (one stream per attempt, the
+body sent with END_STREAM). `https://` deployments go through aiohttp (HTTP/1.1).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from partition.errors import DeploymentError
 from partition.http1 import Http1Error, Http1Pool, encode_request
 from partition.invocation import random_seed as random_seed  # noqa: PLC0414  re-exported
-from partition.metrics import DEPLOYMENT_DURATION, DEPLOYMENT_ERRORS
-from shardgate import protocol
+from partition.metrics import DEPLOYMENT_ATTEMPTS, DEPLOYMENT_DURATION, DEPLOYMENT_ERRORS
+from shardgate import http2, protocol
 from shardgate.identity import RequestSigner
 from shardgate.protocol import Frame
 from shardgate.schema import Deployment
@@ -29,24 +30,16 @@ from shardgate.sharding import InvocationId
 MIN_PROTOCOL_VERSION = 5
 DEFAULT_MAX_PROTOCOL_VERSION = 6  # what a stock Restate 1.7 negotiates; 7 is opt-in
 MAX_CACHED_URLS = 4096
-_PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # what stays unescaped in a request path (as aiohttp sends it)
+_HTTP1_ATTEMPTS, _H2C_ATTEMPTS, _HTTPS_ATTEMPTS = (DEPLOYMENT_ATTEMPTS.labels(t) for t in ("http1", "h2c", "https"))
 
 
 @dataclass(frozen=True, slots=True)
 class PostOptions:
-    """How one attempt's POST is sent: its timeouts, and whether the lean HTTP/1.1 client may."""
+    """How one attempt's POST is sent: its timeouts, and over HTTP/1.1 (else h2c for http://)."""
 
     total_timeout_s: float
     connect_timeout_s: float
-    lean: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Http1Target:
-    host: str
-    port: int
-    authority: str  # the Host header
-    path: str  # path and query, escaped
+    http_11: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +86,7 @@ def decode_response(data: bytes) -> list[Frame]:
 
 
 class Invoker:
-    """Sends attempts to deployments over a shared HTTP/1.1 connection pool."""
+    """Sends attempts to deployments over shared HTTP/1.1 and h2c connection pools."""
 
     def __init__(self, connect_timeout_s: float, max_protocol_version: int = DEFAULT_MAX_PROTOCOL_VERSION,
                  signer: RequestSigner | None = None) -> None:
@@ -102,7 +95,8 @@ class Invoker:
         self._session: aiohttp.ClientSession | None = None
         self._signer = signer
         self._http1 = Http1Pool()
-        self._targets: dict[str, _Http1Target | None] = {}
+        self._http2 = http2.H2Pool()
+        self._targets: dict[str, http2.Target | None] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
@@ -110,6 +104,7 @@ class Invoker:
 
     async def close(self) -> None:
         self._http1.close()
+        self._http2.close()
         if self._session is not None:
             await self._session.close()
 
@@ -139,12 +134,17 @@ class Invoker:
         content type)."""
         started = time.perf_counter()
         try:
-            target = self._http1_target(url) if opts.lean else None
-            if target is not None:
+            target = self._http_target(url)
+            if target is None:
+                _HTTPS_ATTEMPTS.inc()
+                status, got, data = await self._post_aiohttp(url, body, headers, opts)
+            elif opts.http_11:
+                _HTTP1_ATTEMPTS.inc()
                 status, got, data = await self._post_http1(target, body, headers, opts)
             else:
-                status, got, data = await self._post_aiohttp(url, body, headers, opts)
-        except (TimeoutError, aiohttp.ClientError, OSError, Http1Error) as e:
+                _H2C_ATTEMPTS.inc()
+                status, got, data = await self._post_h2(target, body, headers, opts)
+        except (TimeoutError, aiohttp.ClientError, OSError, Http1Error, http2.Http2Error) as e:
             DEPLOYMENT_ERRORS.labels("transport").inc()
             raise DeploymentError(f"cannot reach deployment at {url}: {type(e).__name__}: {e}") from e
         finally:
@@ -158,11 +158,18 @@ class Invoker:
             raise DeploymentError(f"deployment answered content-type {got!r}, expected {ct!r}")
         return data
 
-    async def _post_http1(self, target: _Http1Target, body: bytes, headers: dict[str, str],
+    async def _post_http1(self, target: http2.Target, body: bytes, headers: dict[str, str],
                           opts: PostOptions) -> tuple[int, str, bytes]:
         head = encode_request(target.authority, target.path, headers, body)
         resp = await self._http1.post(target.host, target.port, head, body, opts.total_timeout_s,
                                       opts.connect_timeout_s)
+        return resp.status, resp.headers.get("content-type", ""), resp.body
+
+    async def _post_h2(self, target: http2.Target, body: bytes, headers: dict[str, str],
+                       opts: PostOptions) -> tuple[int, str, bytes]:
+        request = http2.encode_request("POST", target.authority, target.path, headers, body)
+        resp = await self._http2.request(target.host, target.port, request, opts.total_timeout_s,
+                                         opts.connect_timeout_s)
         return resp.status, resp.headers.get("content-type", ""), resp.body
 
     async def _post_aiohttp(self, url: str, body: bytes, headers: dict[str, str],
@@ -172,32 +179,13 @@ class Invoker:
         async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
             return resp.status, resp.headers.get("content-type", ""), await resp.read()
 
-    def _http1_target(self, url: str) -> _Http1Target | None:
-        """Where the lean client sends a POST to `url`; None for what it does not handle (https)."""
+    def _http_target(self, url: str) -> http2.Target | None:
+        """Where the lean clients send a POST to `url`; None for what they do not handle (https)."""
         try:
             return self._targets[url]
         except KeyError:
             pass
         if len(self._targets) >= MAX_CACHED_URLS:
             self._targets.clear()
-        target = self._targets[url] = _parse_http_url(url)
+        target = self._targets[url] = http2.parse_target(url)
         return target
-
-
-def _parse_http_url(url: str) -> _Http1Target | None:
-    """An `http://host[:port]/path` URL as the lean client's target; None for any other URL."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.username is not None:
-        return None
-    try:
-        port = parts.port or 80
-    except ValueError:
-        return None
-    host = parts.hostname
-    authority = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        authority += f":{port}"
-    path = quote(parts.path or "/", safe=_PATH_SAFE)
-    if parts.query:
-        path += "?" + quote(parts.query, safe=_PATH_SAFE + "?")
-    return _Http1Target(host, port, authority, path)

@@ -40,6 +40,11 @@ DEPLOYMENT_DURATION = Histogram(
     "Duration of one attempt against a deployment.",
     buckets=_LATENCY_BUCKETS,
 )
+DEPLOYMENT_ATTEMPTS = Counter(
+    "shardgate_partition_deployment_attempts_total",
+    "Attempts sent to deployments, by transport: http1 (the lean HTTP/1.1 client), h2c, https (aiohttp).",
+    ["transport"],
+)
 DEPLOYMENT_ERRORS = Counter(
     "shardgate_partition_deployment_errors_total", "Failed attempts against deployments.", ["kind"]
 )

@@ -3,8 +3,15 @@
 Mirrors Restate 1.7's discovery client (`crates/service-protocol-v4/src/discovery.rs`): the
 `accept` header lists manifest versions v1..v4, the chosen version is read back from the
 response `content-type`, and connection errors and 408/429/500/502/503/504 are retried five
-times in all with exponential backoff (100 ms, x2) inside one overall deadline. Always HTTP/1.1
-(aiohttp), so the Python SDK reports `REQUEST_RESPONSE`.
+times in all with exponential backoff (100 ms, x2) inside one overall deadline.
+
+Transport, as Restate chooses it: a plain `http://` endpoint is asked over HTTP/2 with prior
+knowledge (h2c, `shardgate.http2`) unless the operator asked for HTTP/1.1 (`use_http_11`);
+`https://` goes over HTTP/1.1 (aiohttp). SDKs describe themselves by the transport they were
+asked over (the Python SDK says `BIDI_STREAM` over HTTP/2, `REQUEST_RESPONSE` over HTTP/1.1),
+which is why discovery uses the transport the invocations will use. Unlike Restate, an endpoint
+that answers the h2c preface in HTTP/1.x is asked again over HTTP/1.1 and then reached that
+way (`Discovered.http_11`), so a deployment registered without the flag keeps working.
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
 
+from shardgate import http2
 from shardgate.identity import RequestSigner
 
 logger = logging.getLogger(__name__)
@@ -53,11 +62,13 @@ class DiscoveryError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Discovered:
-    """A successful discovery: the manifest, its version and the SDK's `x-restate-server`."""
+    """A successful discovery: the manifest, its version, the SDK's `x-restate-server`, and
+    whether it was reached over HTTP/1.1 (else h2c)."""
 
     manifest: dict[str, Any]
     manifest_version: int
     sdk_version: str | None
+    http_11: bool = True
 
 
 def discover_url(uri: str) -> str:
@@ -77,38 +88,71 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)[: limit + 1]
 
 
-def _headers_repr(headers: Any) -> str:
-    return json.dumps({k.lower(): v for k, v in headers.items()})
+def _headers_repr(headers: dict[str, str]) -> str:
+    return json.dumps(headers)
 
 
-async def _attempt(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], timeout_s: float
-) -> Discovered:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: bytes  # at most the limit + 1 bytes
+
+
+async def _get_http1(session: aiohttp.ClientSession, url: str, headers: dict[str, str], timeout_s: float) -> _Answer:
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with session.get(url, headers=headers, timeout=timeout, allow_redirects=False) as resp:
-            if resp.status != 200:
-                body = (await _read_limited(resp, MAX_ERROR_BODY_BYTES)).decode("utf-8", "replace")
-                if resp.status == 404:
-                    raise DiscoveryError(
-                        "got status code '404'. Make sure the provided URI has the correct path where the "
-                        f"Restate SDK endpoint is mounted. Response headers: {_headers_repr(resp.headers)}. "
-                        f"Body: {body}",
-                        404,
-                    )
-                raise DiscoveryError(
-                    f"got status code '{resp.status} {resp.reason or ''}'. Response headers: "
-                    f"{_headers_repr(resp.headers)}. Body: {body}",
-                    resp.status,
-                )
-            version = _manifest_version(resp.headers.get("content-type"))
-            raw = await _read_limited(resp, MAX_MANIFEST_BYTES)
-            if len(raw) > MAX_MANIFEST_BYTES:
-                raise DiscoveryError(f"the manifest exceeds {MAX_MANIFEST_BYTES} bytes", 200, None)
-            sdk_version = resp.headers.get("x-restate-server")
+            limit = MAX_MANIFEST_BYTES if resp.status == 200 else MAX_ERROR_BODY_BYTES
+            body = await _read_limited(resp, limit)
+            return _Answer(resp.status, resp.reason or "", {k.lower(): v for k, v in resp.headers.items()}, body)
     except (TimeoutError, aiohttp.ClientError) as exc:
         reason = str(exc) or type(exc).__name__
         raise DiscoveryError(f"error when calling '{url}': {reason}") from exc
+
+
+async def _get_h2(pool: http2.H2Pool, target: http2.Target, url: str, headers: dict[str, str],
+                  timeout_s: float) -> _Answer:
+    try:
+        request = http2.encode_request("GET", target.authority, target.path, headers, b"")
+        resp = await pool.request(target.host, target.port, request, timeout_s, timeout_s,
+                                  max_body_bytes=MAX_MANIFEST_BYTES)
+    except http2.NotHttp2:
+        raise
+    except http2.BodyTooLarge:
+        raise DiscoveryError(f"the manifest exceeds {MAX_MANIFEST_BYTES} bytes", 200, None) from None
+    except (TimeoutError, OSError, http2.Http2Error) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise DiscoveryError(f"error when calling '{url}': {reason}") from exc
+    try:
+        reason = HTTPStatus(resp.status).phrase
+    except ValueError:
+        reason = ""
+    body = resp.body if resp.status == 200 else resp.body[:MAX_ERROR_BODY_BYTES]
+    return _Answer(resp.status, reason, resp.headers, body)
+
+
+def _decode(answer: _Answer, http_11: bool) -> Discovered:
+    """The manifest in a discovery answer; raises DiscoveryError for anything unusable."""
+    if answer.status != 200:
+        body = answer.body.decode("utf-8", "replace")
+        if answer.status == 404:
+            raise DiscoveryError(
+                "got status code '404'. Make sure the provided URI has the correct path where the "
+                f"Restate SDK endpoint is mounted. Response headers: {_headers_repr(answer.headers)}. "
+                f"Body: {body}",
+                404,
+            )
+        raise DiscoveryError(
+            f"got status code '{answer.status} {answer.reason}'. Response headers: "
+            f"{_headers_repr(answer.headers)}. Body: {body}",
+            answer.status,
+        )
+    version = _manifest_version(answer.headers.get("content-type"))
+    raw = answer.body
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise DiscoveryError(f"the manifest exceeds {MAX_MANIFEST_BYTES} bytes", 200, None)
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
@@ -120,7 +164,7 @@ async def _attempt(
         ) from exc
     if not isinstance(manifest, dict):
         raise DiscoveryError("received a bad response from the SDK that cannot be decoded: not a JSON object", 200, None)
-    return Discovered(manifest, version, sdk_version)
+    return Discovered(manifest, version, answer.headers.get("x-restate-server"), http_11)
 
 
 def _manifest_version(content_type: str | None) -> int:
@@ -145,21 +189,42 @@ def _manifest_version(content_type: str | None) -> int:
 
 async def discover_endpoint(
     session: aiohttp.ClientSession, uri: str, additional_headers: dict[str, str], timeout_s: float,
-    signer: RequestSigner | None = None,
+    signer: RequestSigner | None = None, use_http_11: bool = True,
 ) -> Discovered:
     """Fetch and decode the manifest of the deployment at `uri`, retrying transient failures.
 
-    The whole call, retries included, ends within `timeout_s`. With a request-identity `signer`
-    every attempt carries a fresh token for the audience `/discover`. Raises `DiscoveryError`.
+    Over h2c when `use_http_11` is false and `uri` is `http://`, else over HTTP/1.1; see the
+    module docstring for the fallback. The whole call, retries included, ends within
+    `timeout_s`. With a request-identity `signer` every attempt carries a fresh token for the
+    audience `/discover`. Raises `DiscoveryError`.
     """
     url = discover_url(uri)
+    target = None if use_http_11 else http2.parse_target(url)
+    pool = http2.H2Pool() if target is not None else None
+    try:
+        return await _discover(session, pool, target, url, additional_headers, timeout_s, signer)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+async def _discover(session: aiohttp.ClientSession, pool: http2.H2Pool | None, target: http2.Target | None,
+                    url: str, additional_headers: dict[str, str], timeout_s: float,
+                    signer: RequestSigner | None) -> Discovered:
     deadline = time.monotonic() + timeout_s
     backoff_s = INITIAL_BACKOFF_S
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        remaining_s = deadline - time.monotonic()
+        remaining_s = max(deadline - time.monotonic(), 0.001)
         headers = {**additional_headers, **(signer.headers("/discover") if signer else {}), "accept": ACCEPT}
         try:
-            return await _attempt(session, url, headers, max(remaining_s, 0.001))
+            if pool is not None and target is not None:
+                try:
+                    return _decode(await _get_h2(pool, target, url, headers, remaining_s), False)
+                except http2.NotHttp2:
+                    logger.info("%s answered in HTTP/1.x: discovering (and invoking) it over HTTP/1.1", url)
+                    pool = target = None
+                    remaining_s = max(deadline - time.monotonic(), 0.001)
+            return _decode(await _get_http1(session, url, headers, remaining_s), True)
         except DiscoveryError as exc:
             if not exc.retryable or attempt == MAX_ATTEMPTS or remaining_s - backoff_s <= 0:
                 raise
@@ -171,13 +236,3 @@ async def discover_endpoint(
         backoff_s *= 2
     raise AssertionError("unreachable")  # the loop returns or raises
 
-
-async def discover(
-    session: aiohttp.ClientSession, uri: str, additional_headers: dict[str, str], timeout_s: float
-) -> tuple[dict[str, Any], int]:
-    """(manifest JSON, manifest version) of the deployment at `uri`; see `discover_endpoint`.
-
-    Raises `DiscoveryError`.
-    """
-    found = await discover_endpoint(session, uri, additional_headers, timeout_s)
-    return found.manifest, found.manifest_version

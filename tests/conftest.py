@@ -11,7 +11,7 @@ from tests.deployments import serve_sdk_app
 
 @pytest.fixture(scope="session")
 def sdk_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Serve the conformance services (Greeter, Counter, Signup) with hypercorn over HTTP/1.1.
+    """Serve the conformance services (Greeter, Counter, Signup) with hypercorn (HTTP/1.1 and h2c on one port).
 
     Yields the deployment's base URL, e.g. `http://127.0.0.1:41234`.
     """

@@ -588,16 +588,19 @@ class Deployment:
         return self.child.pid
 
 
-def start_ts_deployment(procs: Processes, service_js: Path, sdk_version: str, work: Path) -> Deployment:
-    """node service.js (from the cache, next to its node_modules) on a free port."""
+def start_ts_deployment(procs: Processes, service_js: Path, sdk_version: str, work: Path,
+                        h2c: bool = False) -> Deployment:
+    """node service.js (from the cache, next to its node_modules) on a free port: over HTTP/1.1, or
+    with `h2c` over h2c only (as the SDK's `endpoint().listen()`)."""
     node = shutil.which("node")
     if node is None:
         raise CompareError("node is not on PATH (install nodejs)")
     port = free_port()
     child = procs.start("ts deployment", [node, str(service_js)], work / "ts-deployment.log", cwd=service_js.parent,
-                        env={**os.environ, "PORT": str(port), "HOST": "127.0.0.1"})
+                        env={**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "SERVE": "h2c" if h2c else "http1"})
     wait_until("the TypeScript deployment", lambda: tcp_open(port), START_TIMEOUT_S, child)
-    return Deployment("ts", f"http://127.0.0.1:{port}", child, f"@restatedev/restate-sdk {sdk_version}")
+    transport = "h2c" if h2c else "HTTP/1.1"
+    return Deployment("ts", f"http://127.0.0.1:{port}", child, f"@restatedev/restate-sdk {sdk_version} ({transport})")
 
 
 def start_py_deployment(procs: Processes, work: Path) -> Deployment:
@@ -610,9 +613,10 @@ def start_py_deployment(procs: Processes, work: Path) -> Deployment:
     return Deployment("py", url, child, "restate-sdk (Python) under hypercorn")
 
 
-def register(server: Server, deployment: Deployment) -> None:
-    """Register `deployment` with `server` over HTTP/1.1 and wait until Greeter/greet answers 200."""
-    body: dict[str, Any] = {"uri": deployment.url, "force": True, "use_http_11": True}
+def register(server: Server, deployment: Deployment, use_http_11: bool = True) -> None:
+    """Register `deployment` with `server` (over HTTP/1.1, else h2c) and wait until Greeter/greet
+    answers 200."""
+    body: dict[str, Any] = {"uri": deployment.url, "force": True, "use_http_11": use_http_11}
     status, answer = http_json(f"{server.admin_url}/deployments", body, timeout_s=30.0)
     if status in (400, 409, 422):  # e.g. the new Greeter lacks handlers an earlier deployment had
         status, answer = http_json(f"{server.admin_url}/deployments", {**body, "breaking": True}, timeout_s=30.0)
@@ -705,10 +709,11 @@ def compare(args: argparse.Namespace, procs: Processes, work: Path, settings: di
         settings["baseline"] = str(args.baseline)
     results: list[RoundResult] = []
     for name in deployments:
-        deployment = (start_ts_deployment(procs, ts[0], ts[1], work) if name == "ts" and ts is not None
+        h2c = args.transport == "h2c"
+        deployment = (start_ts_deployment(procs, ts[0], ts[1], work, h2c) if name == "ts" and ts is not None
                       else start_py_deployment(procs, work))
         for server in servers.values():
-            register(server, deployment)
+            register(server, deployment, use_http_11=not h2c)
             run_bench(procs, server, "call", args, work / f"warmup-{name}-{server.name}.log", WARMUP_S)
         settings.setdefault("deployments", {})[name] = deployment.description
         for _, round_no, scenario, server_name in round_plan([name], args.rounds, scenarios, list(servers)):
@@ -727,6 +732,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--deployment", choices=("ts", "py", "both"), default="ts",
                     help="which SDK deployment to serve and register (default ts)")
+    ap.add_argument("--transport", choices=("http1", "h2c"), default="http1",
+                    help="how the servers reach the deployments: HTTP/1.1 request-response (use_http_11, the "
+                         "default), or h2c, Restate's default (the TypeScript one then serves h2c only, and "
+                         "Restate streams bidirectionally where the SDK says BIDI_STREAM)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario (default 3)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per bench run (default 10)")
     ap.add_argument("--connections", type=int, default=32, help="closed-loop connections (default 32)")
@@ -796,6 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; 0 on success, 1 on a CompareError, 130 on Ctrl-C / SIGTERM."""
     args = parse_args(argv)
     settings: dict[str, Any] = {"duration_s": args.duration, "connections": args.connections, "rounds": args.rounds,
+                "transport": args.transport,
                 "restate_version": RESTATE_VERSION, "target": TARGET}
     code, results = run_tool("compare", Path(args.cache_dir), args.keep,
                              lambda procs, work: compare(args, procs, work, settings))

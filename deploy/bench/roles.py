@@ -56,8 +56,9 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
 
     service_js, sdk_version = compare.install_ts_deployment(Path(args.cache_dir))
     server = compare.start_shardgate(procs, work, Path(args.root).resolve())
-    deployment = compare.start_ts_deployment(procs, service_js, sdk_version, work)
-    compare.register(server, deployment)
+    h2c = args.transport == "h2c"
+    deployment = compare.start_ts_deployment(procs, service_js, sdk_version, work, h2c)
+    compare.register(server, deployment, use_http_11=not h2c)
     cluster = json.loads((work / "shardgate-data" / "cluster.json").read_text())
     pids = {str(p["name"]): int(p["pid"]) for p in cluster["processes"]}
     pids["deployment"] = deployment.pid
@@ -104,6 +105,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=32, help="closed-loop connections (default 32)")
     ap.add_argument("--duration", type=float, default=8.0, help="measured seconds (default 8)")
+    ap.add_argument("--transport", choices=("http1", "h2c"), default="http1",
+                    help="HTTP/1.1 (use_http_11, default) or h2c to the TypeScript deployment (as compare.py)")
     ap.add_argument("--root", type=Path, default=compare.REPO_ROOT, help="the shardgate tree to run (default: this)")
     ap.add_argument("--cache-dir", type=Path, default=compare.CACHE_DIR, help="install dir (as compare.py)")
     args = ap.parse_args(argv)

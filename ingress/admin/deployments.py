@@ -16,7 +16,7 @@ from ingress.admin.context import ADMIN, API_VERSIONS, AdminContext
 from ingress.admin.parsing import UNTAGGED, flag, json_body, normalize_uri, string_map
 from ingress.admin.render import render_deployment, render_registration
 from ingress.errors import BadRequest, Conflict, DeploymentError, IngressError, NotFound, UnprocessableEntity
-from shardgate.discovery import DiscoveryError, discover_endpoint
+from shardgate.discovery import Discovered, DiscoveryError, discover_endpoint
 from shardgate.registry import DeploymentRecord, deployment_id_error, new_deployment_id
 from shardgate.schema import Deployment, ManifestError, ServiceMeta, endpoint_info, services_from_manifest
 
@@ -30,16 +30,16 @@ _MANIFEST_ERRORS: dict[str, tuple[type[IngressError], str | None, str]] = {
 }
 
 
-async def _discover(ctx: AdminContext, uri: str, headers: dict[str, str]) -> tuple[Any, str | None]:
-    """(manifest, SDK version) of the endpoint. Raises 500 `DeploymentError` (META0003 ...)."""
+async def _discover(ctx: AdminContext, uri: str, headers: dict[str, str], use_http_11: bool) -> Discovered:
+    """The endpoint's manifest, SDK version and transport. Raises 500 `DeploymentError` (META0003 ...)."""
     try:
         found = await discover_endpoint(ctx.http, uri, headers, ctx.settings.discovery_timeout_s,
-                                        ctx.settings.signer)
+                                        ctx.settings.signer, use_http_11)
     except DiscoveryError as exc:
         code = exc.restate_code
         message = f"[{code}] [{code}] {exc.message}" if code else exc.message
         raise DeploymentError(message, restate_code=code) from None
-    return found.manifest, found.sdk_version
+    return found
 
 
 def _manifest_services(manifest: Any, dep_id: str) -> tuple[tuple[str, int, int], list[ServiceMeta]]:
@@ -72,18 +72,18 @@ async def register_deployment(request: web.Request, api_version: int) -> web.Res
     uri = normalize_uri(body["uri"])
     headers, metadata = string_map(body.get("additional_headers"), True), string_map(body.get("metadata"))
     force, breaking, dry_run = flag(body, "force"), flag(body, "breaking"), flag(body, "dry_run")
-    flag(body, "use_http_11")  # validated only: discovery and invocations always use HTTP/1.1
+    use_http_11 = bool(flag(body, "use_http_11"))  # Restate's default: h2c for http://
     force = (api_version == 2) if force is None else force  # Restate: force defaults on only in v2
     if not force and (existing := (await ctx.state()).find_by_uri(uri)) is not None:
         return _registered(ctx, api_version, "unchanged", existing.deployment, list(existing.services.values()))
-    manifest, sdk_version = await _discover(ctx, uri, headers)
+    found = await _discover(ctx, uri, headers, use_http_11)
     dep_id = new_deployment_id()
-    (mode, min_v, max_v), services = _manifest_services(manifest, dep_id)
+    (mode, min_v, max_v), services = _manifest_services(found.manifest, dep_id)
     deployment = Deployment(id=dep_id, uri=uri, protocol_mode=mode, min_protocol_version=min_v,
-                            max_protocol_version=max_v, additional_headers=headers, use_http_11=True,
-                            sdk_version=sdk_version, metadata=metadata)
+                            max_protocol_version=max_v, additional_headers=headers, use_http_11=found.http_11,
+                            sdk_version=found.sdk_version, metadata=metadata)
     reg = await ctx.store.register(deployment, services, force, breaking=bool(breaking),
-                                   dry_run=bool(dry_run), manifest=manifest)
+                                   dry_run=bool(dry_run), manifest=found.manifest)
     if not dry_run:
         ctx.install(reg.state)
     return _registered(ctx, api_version, reg.outcome, reg.deployment, reg.services)

@@ -94,7 +94,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory, recorder: tuple[str, Pat
         try:
             await poll("partition ownership to settle", 30.0,
                        lambda: partition_owners(cluster, redis, PARTITIONS))
-            # use_http_11 false: attempts go through aiohttp (the lean HTTP/1.1 client is being reworked)
+            # use_http_11 false: discovery and attempts go over h2c
             status, body = await e.admin("POST", "/deployments", {"uri": url, "force": True, "use_http_11": False})
             assert status in (200, 201), body
 

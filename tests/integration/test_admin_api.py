@@ -100,7 +100,8 @@ async def test_services_show_types_handlers_and_defaults(admin: Admin, sdk_deplo
     assert services["Signup"]["workflow_completion_retention"] == "1d"
     greeter = services["Greeter"]
     assert (greeter["idempotency_retention"], greeter["journal_retention"]) == ("1d", "1d")
-    assert (greeter["inactivity_timeout"], greeter["abort_timeout"]) == ("0s", "10m")  # request/response
+    # discovered over h2c, the SDK says BIDI_STREAM: Restate's 1 min inactivity timeout applies
+    assert (greeter["inactivity_timeout"], greeter["abort_timeout"]) == ("1m", "10m")
     assert greeter["retry_policy"] == DEFAULT_RETRY and greeter["deployment_id"] == reg["id"]
     handlers = {h["name"]: h for h in greeter["handlers"]}
     assert all("ty" not in h for h in handlers.values())
@@ -134,7 +135,7 @@ async def test_deployments_list_and_get(admin: Admin, sdk_deployment: str) -> No
     assert status == 200 and len(body["deployments"]) == 1
     dep = body["deployments"][0]
     assert dep["id"] == reg["id"] and dep["uri"] == sdk_deployment + "/"
-    assert (dep["protocol_type"], dep["http_version"]) == ("RequestResponse", "HTTP/1.1")
+    assert (dep["protocol_type"], dep["http_version"]) == ("BidiStream", "HTTP/2.0")  # h2c, as Restate
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$", dep["created_at"])
     assert dep["metadata"] == {"team": "a"} and "additional_headers" not in dep
     assert sorted(dep["services"], key=lambda s: s["name"]) == [
@@ -145,6 +146,17 @@ async def test_deployments_list_and_get(admin: Admin, sdk_deployment: str) -> No
     assert status == 404 and err["message"] == "The requested deployment 'dp_12RJ4SyKryjcNTLt3lUPZHz' does not exist"
     status, err = await admin.get("/deployments/dp_1xxx")
     assert status == 400 and err["message"].endswith("bad length")
+
+
+async def test_use_http_11_discovers_over_http1_in_request_response(admin: Admin, sdk_deployment: str) -> None:
+    _, reg, _ = await admin.register(sdk_deployment, use_http_11=True)
+    status, dep = await admin.get(f"/deployments/{reg['id']}")
+    assert status == 200 and (dep["protocol_type"], dep["http_version"]) == ("RequestResponse", "HTTP/1.1")
+    status, greeter = await admin.get("/services/Greeter")
+    assert status == 200 and greeter["inactivity_timeout"] == "0s"  # nothing to time out in request/response
+    _, again, _ = await admin.register(sdk_deployment, force=True)  # re-registered without the flag: h2c
+    status, dep = await admin.get(f"/deployments/{again['id']}")
+    assert again["id"] == reg["id"] and (dep["protocol_type"], dep["http_version"]) == ("BidiStream", "HTTP/2.0")
 
 
 async def test_patch_service(admin: Admin, sdk_deployment: str) -> None:

@@ -1,16 +1,19 @@
 // A TypeScript-SDK deployment written as plain JavaScript, for deploy/bench/compare.py.
 //
-// Serves over HTTP/1.1 in request-response mode (node's http server, one request per attempt):
+// Serves over HTTP/1.1 in request-response mode (node's http server, one request per attempt), or
+// with SERVE=h2c the way the SDK's endpoint().listen() does: a plaintext HTTP/2 server (h2c only,
+// no HTTP/1.1) whose manifest says BIDI_STREAM. Handlers:
 //   Greeter/greet     returns "Hello, <name>!"
 //   Greeter/with_run  one ctx.run step, then the greeting
 //   Greeter/noop      returns nothing
 //   Greeter/park      sleeps an hour (durable timer: the invocation suspends), then returns nothing
 //
-// Run:  PORT=9081 node service.js   (binds 127.0.0.1; HOST overrides). compare.py copies this file
+// Run:  PORT=9081 [SERVE=h2c] node service.js   (binds 127.0.0.1; HOST overrides). compare.py copies this file
 // next to the node_modules it installs under .cache/compare/ts and starts it from there.
 "use strict";
 
 const http = require("node:http");
+const http2 = require("node:http2");
 
 // Node 20 lacks Promise.withResolvers (node 22 has it); newer SDK versions call it.
 if (typeof Promise.withResolvers !== "function") {
@@ -50,16 +53,28 @@ function http1Handler(restate, services) {
   return endpoint.handler();
 }
 
+function h2cHandler(restate, services) {
+  const endpoint = restate.endpoint();
+  for (const service of services) endpoint.bind(service);
+  // What endpoint().listen() serves, but bound to HOST rather than every interface.
+  if (typeof endpoint.http2Handler === "function") return endpoint.http2Handler();
+  return endpoint.handler();
+}
+
 async function main() {
   const restate = await import("@restatedev/restate-sdk");
   const port = Number.parseInt(process.env.PORT || "9080", 10);
   const host = process.env.HOST || "127.0.0.1";
-  const server = http.createServer(http1Handler(restate, [greeterService(restate)]));
-  server.keepAliveTimeout = 120000;
-  server.headersTimeout = 125000;
+  const h2c = process.env.SERVE === "h2c";
+  const services = [greeterService(restate)];
+  const server = h2c ? http2.createServer(h2cHandler(restate, services)) : http.createServer(http1Handler(restate, services));
+  if (!h2c) {
+    server.keepAliveTimeout = 120000;
+    server.headersTimeout = 125000;
+  }
   server.listen(port, host, () => {
     const address = server.address();
-    console.log(`ts deployment listening on http://${host}:${address.port}`);
+    console.log(`ts deployment listening on http://${host}:${address.port} (${h2c ? "h2c" : "HTTP/1.1"})`);
   });
   for (const signal of ["SIGTERM", "SIGINT"]) {
     process.on(signal, () => process.exit(0));  // keep-alive connections would hold server.close()

@@ -1,0 +1,163 @@
+"""Deployments reached over h2c, as Restate reaches `http://` deployments unless told otherwise.
+
+A real cluster (`DevCluster`: Redis, 2 workers, the ingress with its admin API) and real SDK
+deployments: the Python SDK under hypercorn (HTTP/1.1 and h2c on one port), and the TypeScript
+SDK under node served the way its `endpoint().listen()` serves (h2c only: HTTP/1.1 gets no
+answer), or over HTTP/1.1 only.
+
+* registered without `use_http_11`, an SDK is discovered over h2c and says `BIDI_STREAM`; the
+  deployment lists as `BidiStream` / `HTTP/2.0` (as in Restate) and its calls run over h2c,
+  `ctx.run` and a durable sleep included (attempts are request-response on an h2 stream);
+* with `use_http_11` the same Python SDK is reached over HTTP/1.1 (`RequestResponse`);
+* an h2c-only TypeScript deployment registers and serves calls; asked over HTTP/1.1 it cannot
+  be discovered (500 `META0003`, as in Restate);
+* an HTTP/1.1-only TypeScript deployment registered without the flag answers the h2c preface in
+  HTTP/1.1, so it is discovered and invoked over HTTP/1.1 (Restate would refuse it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from sgtools.dev import ClusterSpec, DevCluster
+from tests.clusters import poll, unique
+from tests.deployments import ensure_ts_sdk, serve_ts_app
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
+
+PARTITIONS = 4
+DEADLINE_S = 30.0
+
+
+class Env:
+    def __init__(self, cluster: DevCluster, http: aiohttp.ClientSession) -> None:
+        self.cluster, self.http = cluster, http
+
+    async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.http.request(method, f"{self.cluster.admin_url}{path}", json=body,
+                                     timeout=aiohttp.ClientTimeout(total=DEADLINE_S)) as r:
+            raw = await r.read()
+            return r.status, json.loads(raw) if raw else None
+
+    async def call(self, target: str, body: Any) -> tuple[int, Any]:
+        async with self.http.post(f"{self.cluster.ingress_url}/restate/call/{target}", json=body,
+                                  timeout=aiohttp.ClientTimeout(total=DEADLINE_S)) as r:
+            raw = await r.read()
+            return r.status, json.loads(raw) if raw else None
+
+    async def register(self, uri: str, **body: Any) -> dict[str, Any]:
+        """Register `uri` (force) and return its row in GET /deployments."""
+        status, reg = await self.admin("POST", "/deployments", {"uri": uri, "force": True, "breaking": True, **body})
+        assert status in (200, 201), reg
+        status, listing = await self.admin("GET", "/deployments")
+        assert status == 200
+        return next(d for d in listing["deployments"] if d["id"] == reg["id"])
+
+    async def attempts(self) -> dict[str, float]:
+        """Attempts sent so far by all workers, per transport (`..._deployment_attempts_total`)."""
+        totals: dict[str, float] = {}
+        for worker in self.cluster.workers:
+            async with self.http.get(f"http://127.0.0.1:{worker.metrics_port}/metrics",
+                                     timeout=aiohttp.ClientTimeout(total=10)) as r:
+                text = await r.text()
+            for line in text.splitlines():
+                if line.startswith("shardgate_partition_deployment_attempts_total{"):
+                    labels, value = line.rsplit(" ", 1)
+                    transport = labels.split('transport="', 1)[1].split('"', 1)[0]
+                    totals[transport] = totals.get(transport, 0.0) + float(value)
+        return totals
+
+    async def transports_of(self, target: str, body: Any, expected: Any) -> set[str]:
+        """Call `target` (it must answer 200 `expected`); the transports whose counters moved."""
+        before = await self.attempts()
+        assert await self.call(target, body) == (200, expected)
+        after = await self.attempts()
+        return {t for t, n in after.items() if n > before.get(t, 0.0)}
+
+    async def ready(self, target: str, body: Any, expected: Any) -> None:
+        """Wait until the workers' registry has the deployment: `target` answers 200 `expected`
+        (both SDKs serve a Greeter; their with_run answers differ)."""
+        async def probe() -> bool | None:
+            return True if await self.call(target, body) == (200, expected) else None
+
+        await poll(f"{target} to answer {expected!r}", DEADLINE_S, probe)
+
+
+@pytest.fixture(scope="module")
+def ts_root() -> Path:
+    return ensure_ts_sdk()
+
+
+@pytest.fixture(scope="module")
+def ts_h2c(ts_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve_ts_app(ts_root, tmp_path_factory.mktemp("ts-h2c") / "node.log", h2c=True) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def ts_http1(ts_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve_ts_app(ts_root, tmp_path_factory.mktemp("ts-http1") / "node.log", h2c=False) as url:
+        yield url
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    spec = ClusterSpec(workers=2, partitions=PARTITIONS, ingress_port=0, admin_port=0,
+                       data_dir=tmp_path_factory.mktemp("h2c-cluster") / "data", start_timeout_s=45.0,
+                       log_level="INFO")
+    async with aiohttp.ClientSession() as http, DevCluster(spec) as cluster:
+        yield Env(cluster, http)
+
+
+async def test_the_python_sdk_is_reached_over_h2c_by_default(env: Env, sdk_deployment: str) -> None:
+    dep = await env.register(sdk_deployment)
+    assert (dep["protocol_type"], dep["http_version"]) == ("BidiStream", "HTTP/2.0")
+    name = unique("h2c")
+    await env.ready("Greeter/with_run", name, f"side-effect for {name}")
+    # ctx.run suspends and is re-invoked: two attempts, both over h2c
+    assert await env.transports_of("Greeter/with_run", name, f"side-effect for {name}") == {"h2c"}
+    assert await env.transports_of("Greeter/sleepy", 1, "slept 1s") == {"h2c"}
+    status, body = await env.call("Greeter/fail", "no")
+    assert status == 409 and "failed on purpose: no" in body["message"], body
+
+
+async def test_use_http_11_reaches_the_python_sdk_over_http1(env: Env, sdk_deployment: str) -> None:
+    dep = await env.register(sdk_deployment, use_http_11=True)
+    assert (dep["protocol_type"], dep["http_version"]) == ("RequestResponse", "HTTP/1.1")
+    name = unique("http1")
+
+    async def over_http1() -> bool | None:  # once the workers' registry has the new registration
+        return True if await env.transports_of("Greeter/greet", name, f"Hello, {name}!") == {"http1"} else None
+
+    await poll("greets over HTTP/1.1", DEADLINE_S, over_http1)
+    assert await env.transports_of("Greeter/with_run", name, f"side-effect for {name}") == {"http1"}
+
+
+async def test_an_h2c_only_typescript_deployment_registers_and_serves(env: Env, ts_h2c: str) -> None:
+    status, body = await env.admin("POST", "/deployments", {"uri": ts_h2c, "force": True, "use_http_11": True})
+    assert status == 500 and body["restate_code"] == "META0003", body  # it does not speak HTTP/1.1
+    dep = await env.register(ts_h2c)
+    assert (dep["protocol_type"], dep["http_version"]) == ("BidiStream", "HTTP/2.0")
+    assert dep["sdk_version"].startswith("restate-sdk-typescript/")
+    name = unique("ts")
+    await env.ready("Greeter/with_run", name, f"Hello, {name.upper()}!")
+    assert await env.transports_of("Greeter/with_run", name, f"Hello, {name.upper()}!") == {"h2c"}
+
+
+async def test_an_http1_only_deployment_registered_without_the_flag_falls_back(env: Env, ts_http1: str) -> None:
+    dep = await env.register(ts_http1)
+    assert (dep["protocol_type"], dep["http_version"]) == ("RequestResponse", "HTTP/1.1")
+    name = unique("ts1")
+    await env.ready("Greeter/with_run", name, f"Hello, {name.upper()}!")
+    async def over_http1() -> bool | None:  # the h2c-only registration of the same Greeter came before
+        with_run = await env.transports_of("Greeter/with_run", name, f"Hello, {name.upper()}!")
+        return True if with_run == {"http1"} else None
+
+    await poll("with_run over HTTP/1.1", DEADLINE_S, over_http1)
