@@ -208,15 +208,16 @@ def _keep_alive(version: str, connection: str) -> bool:
 
 
 def encode_request(host: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
-    """The head of a POST (Host and Content-Length added). Raises Http1Error for a header name
-    or value that would break the framing (CR, LF, or a colon in a name)."""
+    """The head of a POST (Host and Content-Length added; values in UTF-8, as aiohttp sends them).
+    Raises Http1Error for a header name or value that would break the framing (CR, LF, NUL, a
+    colon or anything but ASCII in a name)."""
     parts = [f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len(body)}\r\n"]
     for name, value in headers.items():
-        if _unsafe(name) or ":" in name or _unsafe(value):
+        if _unsafe(name) or ":" in name or not name.isascii() or _unsafe(value):
             raise Http1Error(f"header {name[:40]!r} cannot be sent")
         parts.append(f"{name}: {value}\r\n")
     parts.append("\r\n")
-    return "".join(parts).encode("latin-1")
+    return "".join(parts).encode("utf-8")
 
 
 def _unsafe(text: str) -> bool:

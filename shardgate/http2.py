@@ -87,16 +87,17 @@ class Request:
 
 def encode_request(method: str, authority: str, path: str, headers: dict[str, str], body: bytes) -> Request:
     """A request with its pseudo-headers; header names lower-cased, connection-specific headers
-    dropped. Raises Http2Error for a name or value HTTP/2 cannot carry."""
+    dropped, values in UTF-8. Raises Http2Error for a name or value HTTP/2 cannot carry."""
     fields = [(b":method", method.encode()), (b":scheme", b"http"), (b":authority", authority.encode("latin-1")),
               (b":path", path.encode("latin-1"))]
     for name, value in headers.items():
         lower = name.lower()
         if lower in _HOP_BY_HOP or (lower == "te" and value.lower() != "trailers"):
             continue
-        if not lower or lower.startswith(":") or any(c in lower for c in " \r\n\0:") or any(c in value for c in "\r\n\0"):
+        if (not lower or not lower.isascii() or lower.startswith(":") or any(c in lower for c in " \r\n\0:")
+                or any(c in value for c in "\r\n\0")):
             raise Http2Error(f"header {name[:40]!r} cannot be sent")
-        fields.append((lower.encode("latin-1"), value.encode("latin-1")))
+        fields.append((lower.encode("ascii"), value.encode("utf-8")))  # values as aiohttp sends them
     if body:
         fields.append((b"content-length", str(len(body)).encode()))
     return Request(fields, body)
@@ -113,10 +114,11 @@ class Target:
 
 
 def parse_target(url: str) -> Target | None:
-    """An `http://host[:port]/path` URL as a target; None for any other URL (https, credentials)."""
+    """An `http://host[:port]/path` URL as a target; None for any other URL (https, credentials,
+    a host name that is not ASCII)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.username is not None:
-        return None
+    if parts.scheme != "http" or not parts.hostname or not parts.hostname.isascii() or parts.username is not None:
+        return None  # (a non-ASCII host name is left to aiohttp, which encodes it)
     try:
         port = parts.port or 80
     except ValueError:

@@ -159,6 +159,14 @@ async def test_use_http_11_discovers_over_http1_in_request_response(admin: Admin
     assert again["id"] == reg["id"] and (dep["protocol_type"], dep["http_version"]) == ("BidiStream", "HTTP/2.0")
 
 
+async def test_additional_headers_beyond_latin_1_reach_the_sdk(admin: Admin, sdk_deployment: str) -> None:
+    """Sent in UTF-8 over either transport (a fuzz case once crashed the h2c encoder: a 500 page)."""
+    for http_11 in (False, True):
+        status, body, _ = await admin.register(sdk_deployment, force=True, use_http_11=http_11,
+                                               additional_headers={"x-a": "\u0100"})
+        assert status in (200, 201), body
+
+
 async def test_patch_service(admin: Admin, sdk_deployment: str) -> None:
     await admin.register(sdk_deployment)
     resp = await admin.client.patch("/services/Greeter", json={"idempotency_retention": "2h", "public": False,

@@ -89,7 +89,8 @@ def test_request_head_and_header_injection() -> None:
     head = encode_request("127.0.0.1:9080", "/invoke/S/h", {"content-type": "a/b", "x-k": "v"}, b"12345")
     assert head == (b"POST /invoke/S/h HTTP/1.1\r\nhost: 127.0.0.1:9080\r\ncontent-length: 5\r\n"
                     b"content-type: a/b\r\nx-k: v\r\n\r\n")
-    for bad in ({"x-k": "v\r\nx-evil: 1"}, {"x-k\n": "v"}, {"a:b": "v"}):
+    assert encode_request("h", "/", {"x-u": "\u0100"}, b"").endswith("x-u: \u0100\r\n\r\n".encode())  # UTF-8
+    for bad in ({"x-k": "v\r\nx-evil: 1"}, {"x-k\n": "v"}, {"a:b": "v"}, {"n\u00e9": "v"}):
         with pytest.raises(Http1Error):
             encode_request("h", "/", bad, b"")
 

@@ -369,7 +369,8 @@ def test_request_encoding() -> None:
                                                  "te": "trailers"}, b"abc")
     assert req.headers == [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"h:1"), (b":path", b"/p?q"),
                            (b"x-a", b"1"), (b"te", b"trailers"), (b"content-length", b"3")]
-    for bad in ({"x-b": "a\r\nb"}, {"a b": "1"}, {":path": "/x"}):
+    assert encode_request("GET", "h", "/", {"x-u": "\u0100"}, b"").headers[-1] == (b"x-u", "\u0100".encode())
+    for bad in ({"x-b": "a\r\nb"}, {"a b": "1"}, {":path": "/x"}, {"n\u00e9": "1"}):
         with pytest.raises(Http2Error):
             encode_request("GET", "h", "/", bad, b"")
 
@@ -379,6 +380,7 @@ def test_targets() -> None:
         "127.0.0.1", 9080, "127.0.0.1:9080", "/base/invoke/S/h")
     assert parse_target("http://[::1]/a b") == http2.Target("::1", 80, "[::1]", "/a%20b")
     assert parse_target("https://example.com/") is None
+    assert parse_target("http://b\u00fccher.example/") is None
     assert parse_target("http://u:p@example.com/") is None
 
 
