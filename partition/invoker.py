@@ -4,10 +4,13 @@ Start + Input + the stored journal go out in one HTTP/1.1 POST; the SDK's frames
 the response and are returned for `effects.plan_attempt`. Transport failures, HTTP errors and
 framing violations raise `DeploymentError` (the attempt is retried with back-off).
 
-Plain `http://` deployments are reached as they were discovered: over HTTP/1.1 through the lean
-keep-alive client of `http1.py` when registered with `use_http_11` (or when they answered
-discovery in HTTP/1.x), else over h2c through `shardgate.http2` (one stream per attempt, the
-body sent with END_STREAM). `https://` deployments go through aiohttp (HTTP/1.1).
+Plain `http://` deployments are reached over HTTP/1.1 through the lean keep-alive client of
+`http1.py` when registered with `use_http_11`, when they answered discovery in HTTP/1.x, or when
+they were registered for h2c but answer HTTP/1.1 as well (`http_11_attempts`: the attempts are
+request-response either way, and this client costs half the CPU); else over h2c through
+`shardgate.http2` (one stream per attempt, the body sent with END_STREAM). A deployment of the
+third kind whose HTTP/1.1 answers stop being HTTP/1.1 (replaced by an h2c-only server at the same
+address) is reached over h2c from the next attempt on. `https://` deployments go through aiohttp.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class Invoker:
         self._http1 = Http1Pool()
         self._http2 = http2.H2Pool()
         self._targets: dict[str, http2.Target | None] = {}
+        self._h2c_only: set[str] = set()  # `http_11_attempts` deployments that stopped speaking HTTP/1.1
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
@@ -125,8 +129,14 @@ class Invoker:
         if self._signer is not None:
             headers.update(self._signer.headers(path))
         body = b"".join((start, inp.input_frame, *inp.journal))
-        opts = PostOptions(inp.attempt_timeout_s, self._connect_timeout_s, deployment.use_http_11)
-        data = await self._post(deployment.uri.rstrip("/") + path, body, headers, ct, opts)
+        preferred = deployment.http_11_attempts and deployment.id not in self._h2c_only
+        opts = PostOptions(inp.attempt_timeout_s, self._connect_timeout_s, deployment.use_http_11 or preferred)
+        try:
+            data = await self._post(deployment.uri.rstrip("/") + path, body, headers, ct, opts)
+        except DeploymentError as e:
+            if preferred and isinstance(e.__cause__, Http1Error):
+                self._h2c_only.add(deployment.id)  # the retry goes over h2c, as registered
+            raise
         return decode_response(data)
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str], ct: str, opts: PostOptions) -> bytes:

@@ -11,7 +11,9 @@ knowledge (h2c, `shardgate.http2`) unless the operator asked for HTTP/1.1 (`use_
 asked over (the Python SDK says `BIDI_STREAM` over HTTP/2, `REQUEST_RESPONSE` over HTTP/1.1),
 which is why discovery uses the transport the invocations will use. Unlike Restate, an endpoint
 that answers the h2c preface in HTTP/1.x is asked again over HTTP/1.1 and then reached that
-way (`Discovered.http_11`), so a deployment registered without the flag keeps working.
+way (`Discovered.http_11`), so a deployment registered without the flag keeps working; and one
+that answers over h2c is asked once more over HTTP/1.1 (`Discovered.also_http_11`): the
+workers' request-response attempts then take the cheaper HTTP/1.1 client (decision 39).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -69,6 +71,7 @@ class Discovered:
     manifest_version: int
     sdk_version: str | None
     http_11: bool = True
+    also_http_11: bool = False  # reached over h2c, and it answers discovery over HTTP/1.1 as well
 
 
 def discover_url(uri: str) -> str:
@@ -167,6 +170,18 @@ def _decode(answer: _Answer, http_11: bool) -> Discovered:
     return Discovered(manifest, version, answer.headers.get("x-restate-server"), http_11)
 
 
+PROBE_TIMEOUT_S = 2.0
+
+
+async def _serves_http1(session: aiohttp.ClientSession, url: str, headers: dict[str, str], timeout_s: float) -> bool:
+    """Whether the endpoint also answers discovery over HTTP/1.1 (one try, no retries)."""
+    try:
+        _decode(await _get_http1(session, url, headers, min(timeout_s, PROBE_TIMEOUT_S)), True)
+    except DiscoveryError:
+        return False
+    return True
+
+
 def _manifest_version(content_type: str | None) -> int:
     """The manifest version named by the response content type (parameters ignored)."""
     if content_type is None:
@@ -219,7 +234,9 @@ async def _discover(session: aiohttp.ClientSession, pool: http2.H2Pool | None, t
         try:
             if pool is not None and target is not None:
                 try:
-                    return _decode(await _get_h2(pool, target, url, headers, remaining_s), False)
+                    found = _decode(await _get_h2(pool, target, url, headers, remaining_s), False)
+                    remaining_s = max(deadline - time.monotonic(), 0.001)
+                    return replace(found, also_http_11=await _serves_http1(session, url, headers, remaining_s))
                 except http2.NotHttp2:
                     logger.info("%s answered in HTTP/1.x: discovering (and invoking) it over HTTP/1.1", url)
                     pool = target = None

@@ -6,10 +6,11 @@ all on free 127.0.0.1 ports with fresh data dirs:
 
   * the real Restate server (one process),
   * a `shardgate dev` cluster (2 workers, 1 ingress, Redis),
-  * the deployments: `deploy/bench/ts/service.js` under node (HTTP/1.1 request-response) and/or
-    the Python SDK app `tests.services.conformance_service:app` under hypercorn,
+  * the deployments: `deploy/bench/ts/service.js` under node (HTTP/1.1 request-response, or with
+    `--transport h2c` h2c only) and/or the Python SDK app `tests.services.conformance_service:app`
+    under hypercorn,
 
-registers each deployment with both servers (HTTP/1.1), and runs the same `shardgate bench` closed
+registers each deployment with both servers (with `use_http_11`, or for h2c), and runs the same `shardgate bench` closed
 loop against each server in alternating rounds (shardgate, Restate, shardgate, Restate ...). Per round
 it records req/s, p50/p99 and the server CPU per request: utime+stime from /proc of every server
 process (Restate's one process; shardgate's workers, ingress and Redis from cluster.json), read
@@ -53,8 +54,10 @@ TARGET = "Greeter/greet"
 SERVERS = ("shardgate", "restate")
 ALL_SERVERS = ("shardgate", "baseline", "restate")  # the order of a table's columns
 SERVER_TITLES = {"shardgate": "shardgate (2 workers, 1 ingress, Redis)", "restate": f"Restate {RESTATE_VERSION}"}
-DEPLOYMENT_TITLES = {"ts": "TypeScript SDK deployment (node, HTTP/1.1 request-response)",
-                     "py": "Python SDK deployment (hypercorn, HTTP/1.1 request-response)"}
+DEPLOYMENT_TITLES = {"ts": "TypeScript SDK deployment (node)", "py": "Python SDK deployment (hypercorn)"}
+TRANSPORT_TITLES = {"http1": "registered with use_http_11: HTTP/1.1 request-response",
+                    "h2c": "registered for h2c: shardgate request-response over h2c, Restate bidirectional "
+                           "where the SDK says BIDI_STREAM"}
 
 START_TIMEOUT_S = 90.0
 REGISTER_TIMEOUT_S = 60.0
@@ -268,6 +271,7 @@ def format_table(results: Sequence[RoundResult], settings: Mapping[str, Any]) ->
         rounds = max(r.round for r in mine)
         described = settings.get("deployments", {}).get(deployment)
         title = DEPLOYMENT_TITLES.get(deployment, deployment) + (f", {described}" if described else "")
+        title += f"; {TRANSPORT_TITLES.get(settings.get('transport', 'http1'), '?')}"
         out.append(f"{title}: {rounds} alternating rounds, "
                    f"{settings.get('duration_s', '?')} s each, {settings.get('connections', '?')} connections "
                    f"(ranges are min-max over rounds)")

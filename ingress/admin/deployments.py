@@ -81,7 +81,7 @@ async def register_deployment(request: web.Request, api_version: int) -> web.Res
     (mode, min_v, max_v), services = _manifest_services(found.manifest, dep_id)
     deployment = Deployment(id=dep_id, uri=uri, protocol_mode=mode, min_protocol_version=min_v,
                             max_protocol_version=max_v, additional_headers=headers, use_http_11=found.http_11,
-                            sdk_version=found.sdk_version, metadata=metadata)
+                            http_11_attempts=found.also_http_11, sdk_version=found.sdk_version, metadata=metadata)
     reg = await ctx.store.register(deployment, services, force, breaking=bool(breaking),
                                    dry_run=bool(dry_run), manifest=found.manifest)
     if not dry_run:

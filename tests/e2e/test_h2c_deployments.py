@@ -1,16 +1,19 @@
-"""Deployments reached over h2c, as Restate reaches `http://` deployments unless told otherwise.
+"""Deployments registered for h2c, as Restate reaches `http://` deployments unless told otherwise.
 
 A real cluster (`DevCluster`: Redis, 2 workers, the ingress with its admin API) and real SDK
 deployments: the Python SDK under hypercorn (HTTP/1.1 and h2c on one port), and the TypeScript
 SDK under node served the way its `endpoint().listen()` serves (h2c only: HTTP/1.1 gets no
-answer), or over HTTP/1.1 only.
+answer), or over HTTP/1.1 only. Which client an attempt took is read from the workers'
+`shardgate_partition_deployment_attempts_total{transport}`.
 
-* registered without `use_http_11`, an SDK is discovered over h2c and says `BIDI_STREAM`; the
-  deployment lists as `BidiStream` / `HTTP/2.0` (as in Restate) and its calls run over h2c,
-  `ctx.run` and a durable sleep included (attempts are request-response on an h2 stream);
-* with `use_http_11` the same Python SDK is reached over HTTP/1.1 (`RequestResponse`);
-* an h2c-only TypeScript deployment registers and serves calls; asked over HTTP/1.1 it cannot
-  be discovered (500 `META0003`, as in Restate);
+* registered without `use_http_11`, the Python SDK is discovered over h2c and says
+  `BIDI_STREAM`: it lists as `BidiStream` / `HTTP/2.0` (as in Restate); since it answers
+  HTTP/1.1 as well, its request-response attempts take the cheaper HTTP/1.1 client
+  (decision 39), `ctx.run` and a durable sleep included;
+* with `use_http_11` it is discovered over HTTP/1.1 (`RequestResponse` / `HTTP/1.1`);
+* an h2c-only TypeScript deployment registers and its attempts run over h2c, a suspended and
+  re-invoked `ctx.run` included; asked over HTTP/1.1 it cannot be discovered (500 `META0003`,
+  as in Restate);
 * an HTTP/1.1-only TypeScript deployment registered without the flag answers the h2c preface in
   HTTP/1.1, so it is discovered and invoked over HTTP/1.1 (Restate would refuse it).
 """
@@ -116,14 +119,14 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         yield Env(cluster, http)
 
 
-async def test_the_python_sdk_is_reached_over_h2c_by_default(env: Env, sdk_deployment: str) -> None:
+async def test_the_python_sdk_registers_for_h2c_and_runs_over_http1(env: Env, sdk_deployment: str) -> None:
     dep = await env.register(sdk_deployment)
     assert (dep["protocol_type"], dep["http_version"]) == ("BidiStream", "HTTP/2.0")
     name = unique("h2c")
     await env.ready("Greeter/with_run", name, f"side-effect for {name}")
-    # ctx.run suspends and is re-invoked: two attempts, both over h2c
-    assert await env.transports_of("Greeter/with_run", name, f"side-effect for {name}") == {"h2c"}
-    assert await env.transports_of("Greeter/sleepy", 1, "slept 1s") == {"h2c"}
+    # ctx.run suspends and is re-invoked: two attempts, both over HTTP/1.1
+    assert await env.transports_of("Greeter/with_run", name, f"side-effect for {name}") == {"http1"}
+    assert await env.transports_of("Greeter/sleepy", 1, "slept 1s") == {"http1"}
     status, body = await env.call("Greeter/fail", "no")
     assert status == 409 and "failed on purpose: no" in body["message"], body
 
@@ -132,11 +135,7 @@ async def test_use_http_11_reaches_the_python_sdk_over_http1(env: Env, sdk_deplo
     dep = await env.register(sdk_deployment, use_http_11=True)
     assert (dep["protocol_type"], dep["http_version"]) == ("RequestResponse", "HTTP/1.1")
     name = unique("http1")
-
-    async def over_http1() -> bool | None:  # once the workers' registry has the new registration
-        return True if await env.transports_of("Greeter/greet", name, f"Hello, {name}!") == {"http1"} else None
-
-    await poll("greets over HTTP/1.1", DEADLINE_S, over_http1)
+    await env.ready("Greeter/with_run", name, f"side-effect for {name}")
     assert await env.transports_of("Greeter/with_run", name, f"side-effect for {name}") == {"http1"}
 
 

@@ -157,6 +157,9 @@ async def test_use_http_11_discovers_over_http1_in_request_response(admin: Admin
     _, again, _ = await admin.register(sdk_deployment, force=True)  # re-registered without the flag: h2c
     status, dep = await admin.get(f"/deployments/{again['id']}")
     assert again["id"] == reg["id"] and (dep["protocol_type"], dep["http_version"]) == ("BidiStream", "HTTP/2.0")
+    # hypercorn answers HTTP/1.1 too: the request-response attempts may take the HTTP/1.1 client
+    stored = (await admin.store.load_state()).records[reg["id"]].deployment
+    assert (stored.use_http_11, stored.http_11_attempts) == (False, True)
 
 
 async def test_additional_headers_beyond_latin_1_reach_the_sdk(admin: Admin, sdk_deployment: str) -> None:

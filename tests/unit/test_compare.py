@@ -122,7 +122,10 @@ def test_table_puts_shardgate_and_restate_side_by_side() -> None:
     text = compare.format_table(results, {"duration_s": 8, "connections": 32,
                                           "deployments": {"ts": "@restatedev/restate-sdk 1.17.2"}})
     lines = text.splitlines()
-    assert "@restatedev/restate-sdk 1.17.2: 2 alternating rounds, 8 s each, 32 connections" in lines[0]
+    assert lines[0].startswith("TypeScript SDK deployment (node), @restatedev/restate-sdk 1.17.2; registered with "
+                               "use_http_11: HTTP/1.1 request-response: 2 alternating rounds, 8 s each, 32 connections")
+    h2c = compare.format_table(results, {"duration_s": 8, "connections": 32, "transport": "h2c"}).splitlines()
+    assert "registered for h2c: shardgate request-response over h2c" in h2c[0]
     assert "| | shardgate (2 workers, 1 ingress, Redis) | Restate 1.7.12 |" in lines
     assert "| call Greeter/greet | 528-890 req/s | 1,166-1,551 req/s |" in lines
     assert ("| server CPU per call (all server processes, Redis included) | 1.90-2.10 ms | 0.88-1.10 ms |"
