@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,20 +35,17 @@ def healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve_sdk_app(app: str, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Serve `module:attr` (a restate-sdk app) with hypercorn (HTTP/1.1 and h2c); yields its base URL."""
-    port = free_port()
+def _serve(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path, url: str,
+           ready: Callable[[], bool], what: str) -> Iterator[str]:
+    """Run `argv` until the block ends (SIGTERM, then SIGKILL after 10 s); yields `url` once
+    `ready()`. Raises RuntimeError when it exits or is not ready within the startup timeout."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-        )
-        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + SDK_STARTUP_TIMEOUT_S
         try:
-            while not healthy(url):
+            while not ready():
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"SDK deployment {app} did not start, see {log_path}")
+                    raise RuntimeError(f"{what} did not start, see {log_path}")
                 time.sleep(0.05)
             yield url
         finally:
@@ -59,6 +56,15 @@ def serve_sdk_app(app: str, log_path: Path, env: dict[str, str] | None = None) -
                 proc.kill()
                 proc.wait()
 
+
+@contextlib.contextmanager
+def serve_sdk_app(app: str, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Serve `module:attr` (a restate-sdk app) with hypercorn (HTTP/1.1 and h2c); yields its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _serve([sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"], REPO_ROOT,
+                {**os.environ, **(env or {})}, log_path, url, lambda: healthy(url), f"SDK deployment {app}") as served:
+        yield served
 
 TS_SOURCE_DIR = REPO_ROOT / "deploy" / "bench" / "ts"  # service.js and the pinned package.json
 TS_CACHE_DIR = REPO_ROOT / ".cache" / "tools" / "ts-deployment"
@@ -104,20 +110,6 @@ def serve_ts_app(root: Path, log_path: Path, h2c: bool) -> Iterator[str]:
     SDK's `endpoint().listen()` serves, or over HTTP/1.1 only. Yields its base URL."""
     port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "SERVE": "h2c" if h2c else "http1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(["node", str(root / "service.js")], cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
-        deadline = time.monotonic() + SDK_STARTUP_TIMEOUT_S
-        try:
-            while not _listening(port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the TypeScript deployment did not start, see {log_path}")
-                time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with _serve(["node", str(root / "service.js")], root, env, log_path, f"http://127.0.0.1:{port}",
+                lambda: _listening(port), "the TypeScript deployment") as served:
+        yield served
