@@ -1,6 +1,6 @@
 """Runs one attempt of an invocation against its SDK deployment (request-response mode).
 
-Start + Input + the stored journal go out in one HTTP/1.1 POST; the SDK's frames come back in
+Start + Input + the stored journal go out in one POST; the SDK's frames come back in
 the response and are returned for `effects.plan_attempt`. Transport failures, HTTP errors and
 framing violations raise `DeploymentError` (the attempt is retried with back-off).
 

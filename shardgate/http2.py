@@ -16,7 +16,8 @@ What it takes care of:
   after 5 s without a GOAWAY); after a GOAWAY a connection takes no new streams and those above
   the peer's last stream id fail as retryable; a request that failed before any part of its
   response arrived, on a reused connection or because the peer refused the stream, is sent
-  once more on a new connection;
+  once more on another connection; after `MAX_STREAMS_PER_CONNECTION` streams a connection is
+  retired;
 - a peer that answers the connection preface in HTTP/1.x raises `NotHttp2`, so a caller can
   fall back to HTTP/1.1.
 """

@@ -9,6 +9,7 @@ deployment that speaks only HTTP/1.1. Under asyncio's loop and uvloop's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -80,31 +81,27 @@ async def hypercorn_server() -> AsyncIterator[tuple[int, Seen]]:
     config.accesslog = config.errorlog = None
     stop = asyncio.Event()
     task = asyncio.create_task(serve(_echo_app(seen), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    pool = H2Pool()
     try:
-        for _ in range(200):  # until it listens
-            try:
-                await pool.request(HOST, port, _request(), 2, 2)
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
+        with contextlib.closing(H2Pool()) as pool:
+            for _ in range(200):  # until it listens
+                try:
+                    await pool.request(HOST, port, _request(), 2, 2)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.02)
         seen.clients.clear()
         seen.headers.clear()
         yield port, seen
     finally:
-        pool.close()
         stop.set()
         await asyncio.wait_for(task, 10)
 
 
 async def test_a_request_and_its_response(hypercorn_server: tuple[int, Seen]) -> None:
     port, seen = hypercorn_server
-    pool = H2Pool()
-    try:
+    with contextlib.closing(H2Pool()) as pool:
         req = _request(b"hello", {"Content-Type": "a/b", "Connection": "keep-alive", "X-Name": "v"})
         resp = await pool.request(HOST, port, req, 5, 2)
-    finally:
-        pool.close()
     assert resp.status == 200 and resp.body == b"hellohello"
     assert resp.headers["content-type"] == "x/echo" and resp.headers["x-http-version"] == "2"
     sent = seen.headers[0]
@@ -116,23 +113,17 @@ async def test_large_bodies_both_ways_follow_flow_control(hypercorn_server: tupl
     """hypercorn grants 65,535-byte windows: a 300 KB body needs several window updates, and the
     600 KB answer crosses our own windows' acknowledgements."""
     port, _ = hypercorn_server
-    pool = H2Pool()
-    try:
+    with contextlib.closing(H2Pool()) as pool:
         bodies = [bytes([i]) * 300_000 for i in range(4)]
         resps = await asyncio.gather(*(pool.request(HOST, port, _request(b), 10, 2) for b in bodies))
-    finally:
-        pool.close()
     assert [r.body for r in resps] == [b * 2 for b in bodies]
 
 
 async def test_concurrent_requests_share_connections_up_to_the_stream_limit(
         hypercorn_server: tuple[int, Seen]) -> None:
     port, seen = hypercorn_server
-    pool = H2Pool()
-    try:
+    with contextlib.closing(H2Pool()) as pool:
         resps = await asyncio.gather(*(pool.request(HOST, port, _request(str(i).encode()), 10, 2) for i in range(150)))
-    finally:
-        pool.close()
     assert [r.body for r in resps] == [str(i).encode() * 2 for i in range(150)]
     assert len(seen.clients) == 2  # 100 streams on the first connection, the rest on a second
 
@@ -141,31 +132,25 @@ async def test_a_connection_is_retired_before_hypercorn_goes_away(hypercorn_serv
     """hypercorn sends GOAWAY after 1,000 requests and then cannot answer the streams in flight,
     which would hang until its 5 s idle close: every request here must answer within 3 s."""
     port, seen = hypercorn_server
-    pool = H2Pool()
-    try:
+    with contextlib.closing(H2Pool()) as pool:
         async def client(n: int) -> None:
             for i in range(120):
                 resp = await pool.request(HOST, port, _request(f"{n}-{i}".encode()), 3, 2)
                 assert resp.body == f"{n}-{i}".encode() * 2
 
         await asyncio.gather(*(client(n) for n in range(10)))
-    finally:
-        pool.close()
     assert len(seen.clients) == 1200 // http2.MAX_STREAMS_PER_CONNECTION + 1
 
 
 async def test_an_idle_connection_is_not_reused(hypercorn_server: tuple[int, Seen],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     port, seen = hypercorn_server
-    pool = H2Pool()
-    try:
+    with contextlib.closing(H2Pool()) as pool:
         await pool.request(HOST, port, _request(), 5, 2)
         await pool.request(HOST, port, _request(), 5, 2)
         assert len(seen.clients) == 1
         monkeypatch.setattr(http2, "IDLE_S", 0.0)  # every idle connection is now too old
         await pool.request(HOST, port, _request(), 5, 2)
-    finally:
-        pool.close()
     assert len(seen.clients) == 2
 
 
@@ -189,6 +174,17 @@ def respond(conn: h2.connection.H2Connection, stream_id: int, body: bytes, statu
     chunks = [body[i:i + size] for i in range(0, len(body), size)] or [b""]
     for i, chunk in enumerate(chunks):
         conn.send_data(stream_id, chunk, end_stream=i == len(chunks) - 1)
+
+
+@contextlib.asynccontextmanager
+async def _serving(on_request: OnRequest, batch: int = 1) -> AsyncIterator[tuple[RawServer, H2Pool]]:
+    """A raw h2 server (`_raw_server`) and a pool, both closed afterwards."""
+    server, state = await _raw_server(on_request, batch)
+    try:
+        with contextlib.closing(H2Pool()) as pool:
+            yield state, pool
+    finally:
+        server.close()
 
 
 async def _raw_server(on_request: OnRequest, batch: int = 1) -> tuple[asyncio.Server, RawServer]:
@@ -243,13 +239,8 @@ async def test_goaway_retries_only_the_streams_the_server_never_took() -> None:
             respond(conn, stream_id, b"again")
         return True
 
-    server, state = await _raw_server(on_request, batch=3)
-    pool = H2Pool()
-    try:
+    async with _serving(on_request, batch=3) as (state, pool):
         resps = await asyncio.gather(*(pool.request(HOST, state.port, _request(), 5, 2) for _ in range(3)))
-    finally:
-        pool.close()
-        server.close()
     assert sorted(r.body for r in resps) == [b"again", b"again", b"first"]
     assert state.connections == 2
 
@@ -262,13 +253,8 @@ async def test_a_refused_stream_is_sent_again_on_a_new_connection() -> None:
             respond(conn, stream_id, b"ok")
         return True
 
-    server, state = await _raw_server(on_request)
-    pool = H2Pool()
-    try:
+    async with _serving(on_request) as (state, pool):
         resp = await pool.request(HOST, state.port, _request(), 5, 2)
-    finally:
-        pool.close()
-        server.close()
     assert resp.body == b"ok" and state.connections == 2
 
 
@@ -277,14 +263,9 @@ async def test_another_reset_fails_the_request_and_is_not_retried() -> None:
         conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
         return True
 
-    server, state = await _raw_server(on_request)
-    pool = H2Pool()
-    try:
+    async with _serving(on_request) as (state, pool):
         with pytest.raises(Http2Error, match="INTERNAL_ERROR"):
             await pool.request(HOST, state.port, _request(), 5, 2)
-    finally:
-        pool.close()
-        server.close()
     assert state.connections == 1
 
 
@@ -297,14 +278,9 @@ async def test_a_reused_connection_closed_under_a_request_is_retried_once() -> N
         respond(conn, stream_id, f"{number}".encode())
         return True
 
-    server, state = await _raw_server(on_request)
-    pool = H2Pool()
-    try:
+    async with _serving(on_request) as (state, pool):
         first = await pool.request(HOST, state.port, _request(), 5, 2)
         second = await pool.request(HOST, state.port, _request(), 5, 2)
-    finally:
-        pool.close()
-        server.close()
     assert (first.body, second.body, state.connections) == (b"1", b"2", 2)
 
 
@@ -314,15 +290,10 @@ async def test_a_silent_server_times_out_and_the_stream_is_reset() -> None:
             respond(conn, stream_id, b"late but fine")
         return True  # the first request is never answered
 
-    server, state = await _raw_server(on_request)
-    pool = H2Pool()
-    try:
+    async with _serving(on_request) as (state, pool):
         with pytest.raises(TimeoutError):
             await pool.request(HOST, state.port, _request(), 0.3, 2)
         resp = await pool.request(HOST, state.port, _request(), 5, 2)  # the connection lives on
-    finally:
-        pool.close()
-        server.close()
     assert resp.body == b"late but fine" and state.connections == 1 and state.resets == [1]
 
 
@@ -331,14 +302,9 @@ async def test_a_response_larger_than_allowed_is_refused() -> None:
         respond(conn, stream_id, b"x" * 5000)
         return True
 
-    server, state = await _raw_server(on_request)
-    pool = H2Pool()
-    try:
+    async with _serving(on_request) as (state, pool):
         with pytest.raises(http2.BodyTooLarge):
             await pool.request(HOST, state.port, _request(method="GET", body=b""), 5, 2, max_body_bytes=4096)
-    finally:
-        pool.close()
-        server.close()
 
 
 async def test_an_http1_only_server_is_recognised() -> None:
@@ -349,12 +315,9 @@ async def test_an_http1_only_server_is_recognised() -> None:
     site = web.TCPSite(runner, HOST, 0)
     await site.start()
     port = runner.addresses[0][1]
-    pool = H2Pool()
-    try:
+    with contextlib.closing(H2Pool()) as pool:
         with pytest.raises(NotHttp2):
             await pool.request(HOST, port, _request(method="GET", body=b""), 5, 2)
-    finally:
-        pool.close()
         await runner.cleanup()
 
 
@@ -390,13 +353,8 @@ def test_the_pool_works_under_uvloop() -> None:
             respond(conn, stream_id, b"uv" * 40_000)
             return True
 
-        server, state = await _raw_server(on_request)
-        pool = H2Pool()
-        try:
+        async with _serving(on_request) as (state, pool):
             resp = await pool.request(HOST, state.port, _request(b"z" * 200_000), 5, 2)
-        finally:
-            pool.close()
-            server.close()
         return resp.body
 
     assert uvloop.run(main()) == b"uv" * 40_000

@@ -15,10 +15,10 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import pytest
+from prometheus_client import REGISTRY
 
 from partition.errors import DeploymentError
 from partition.invoker import AttemptInput, Invoker
-from partition.metrics import DEPLOYMENT_ATTEMPTS
 from sgproto.protocol.v1 import protocol_pb2 as pb
 from shardgate import protocol
 from shardgate.protocol import MessageType as T
@@ -76,7 +76,8 @@ def _input() -> AttemptInput:
 
 
 def _attempts() -> dict[str, float]:
-    return {t: DEPLOYMENT_ATTEMPTS.labels(t)._value.get() for t in ("http1", "h2c", "https")}
+    return {t: REGISTRY.get_sample_value("shardgate_partition_deployment_attempts_total", {"transport": t}) or 0.0
+            for t in ("http1", "h2c", "https")}
 
 
 async def _attempt(invoker: Invoker, deployment: Deployment) -> tuple[list[int], dict[str, float]]:
