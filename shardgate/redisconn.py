@@ -51,6 +51,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -109,6 +110,40 @@ class ReadRetry:
 
 
 DEFAULT_READ_RETRY = ReadRetry()
+
+
+class _ClosedWriteGuard:
+    """Makes a write on a connection whose transport has already closed a ConnectionError.
+    Under uvloop such a write (Redis went away between the connect and the HELLO, or between
+    two commands) raises RuntimeError("... the handler is closed"), which redis-py passes on
+    as it is, so a caller that retries the connection errors of a Redis outage would treat the
+    outage as a bug. Mixed into the connection classes our pools build (`_GUARDED`)."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except RuntimeError as e:
+            if "closed" not in str(e):
+                raise
+            raise ConnectionError(f"the Redis connection closed before a write ({e})") from e
+
+
+class GuardedConnection(_ClosedWriteGuard, Connection):
+    """A TCP connection with `_ClosedWriteGuard`."""
+
+
+class GuardedSSLConnection(_ClosedWriteGuard, SSLConnection):
+    """A TLS connection with `_ClosedWriteGuard`."""
+
+
+class GuardedUnixConnection(_ClosedWriteGuard, UnixDomainSocketConnection):
+    """A Unix socket connection with `_ClosedWriteGuard`."""
+
+
+_GUARDED: dict[type[Any], type[Any]] = {
+    Connection: GuardedConnection, SSLConnection: GuardedSSLConnection,
+    UnixDomainSocketConnection: GuardedUnixConnection,
+}
 
 
 def is_cluster_url(url: str) -> bool:
@@ -246,6 +281,12 @@ class ShardgateCluster(RedisCluster):
     def __init__(self, *args: Any, read_retry: ReadRetry = DEFAULT_READ_RETRY, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.read_retry = read_retry
+        # The nodes' connections get `_ClosedWriteGuard` too: the nodes discovered later are built
+        # from the shared connection kwargs, the seeds already were.
+        kinds = self.nodes_manager.connection_kwargs
+        kinds["connection_class"] = _GUARDED.get(kinds["connection_class"], kinds["connection_class"])
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = _GUARDED.get(node.connection_class, node.connection_class)
         self._registered: dict[str, bytes] = {}  # sha -> script source
 
     def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
@@ -378,6 +419,7 @@ def connect(url: str, *, timeout_s: float | None, max_connections: int,
         pool = WaitingConnectionPool.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=connect_s,
                                               max_connections=max_connections,
                                               wait_s=pool_wait_s or timeout_s or DEFAULT_POOL_WAIT_S)
+        pool.connection_class = _GUARDED.get(pool.connection_class, pool.connection_class)
         return Redis.from_pool(pool)
     address = parse_cluster_url(url)
     cluster = ShardgateCluster(

@@ -72,3 +72,60 @@ async def test_a_cancelled_waiter_passes_its_wake_up_on(redis_url: str) -> None:
         assert await asyncio.wait_for(holder, 3) is None
     finally:
         await client.aclose()
+
+
+def _closed_write(redis_url: str, connection_class: type[Any]) -> BaseException | None:
+    """Connect a `connection_class` to the test's Redis under uvloop (what the processes run on),
+    close its socket under it and write: what the write raised, or None."""
+    import uvloop
+
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+
+    async def main() -> BaseException | None:
+        conn = connection_class(host=host, port=int(port), socket_timeout=5)
+        await conn.connect()
+        try:
+            conn._writer.transport.abort()
+            await asyncio.sleep(0)  # the loop closes the handle
+            try:
+                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+            except BaseException as e:  # noqa: BLE001  what the test inspects
+                return e
+            return None
+        finally:
+            await conn.disconnect(nowait=True)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(asyncio.wait_for(main(), 10))
+
+
+def test_a_write_on_a_closed_socket_is_a_connection_error_under_uvloop(redis_url: str) -> None:
+    """Redis going away between a connect and its HELLO made uvloop raise RuntimeError, which the
+    worker's outage retries did not take for an outage (a chaos run re-ran a stored `ctx.run`)."""
+    from redis.asyncio.connection import Connection
+
+    plain = _closed_write(redis_url, Connection)
+    assert isinstance(plain, RuntimeError) and "closed" in str(plain), plain  # what redis-py passes on
+    guarded = _closed_write(redis_url, redisconn.GuardedConnection)
+    assert isinstance(guarded, RedisConnectionError), guarded
+
+
+async def test_the_clients_build_guarded_connections(redis_url: str) -> None:
+    client = redisconn.connect(redis_url, timeout_s=5.0, max_connections=2)
+    try:
+        assert _pool(client).connection_class is redisconn.GuardedConnection
+        assert await client.ping()
+    finally:
+        await client.aclose()
+    tls = redisconn.connect("rediss://127.0.0.1:1/0", timeout_s=1.0, max_connections=1)
+    try:
+        assert _pool(tls).connection_class is redisconn.GuardedSSLConnection
+    finally:
+        await tls.aclose()
+    cluster = redisconn.connect("redis+cluster://127.0.0.1:1", timeout_s=1.0, max_connections=1)
+    try:
+        assert cluster.nodes_manager.connection_kwargs["connection_class"] is redisconn.GuardedConnection
+        assert all(n.connection_class is redisconn.GuardedConnection
+                   for n in cluster.nodes_manager.startup_nodes.values())
+    finally:
+        await cluster.aclose()
