@@ -1,15 +1,18 @@
 """Scripts of concurrent callers sent to a standalone Redis together: one write, one read.
 
-`ScriptPipeline.evalsha` queues the call. One drain task at a time takes everything queued, sends
-it as one write on one connection of the client's pool, reads the replies in order and answers
-each caller, then takes what was queued meanwhile. A lone call goes out at once, as a plain
-EVALSHA would; calls issued while a batch is in flight go out together as the next batch. Each
-call is still its own EVALSHA: atomic on its own, and one round trip for its caller, shared with
-the others of its batch. Redis reads and answers a batch in one pass of its event loop, and the
-worker reads all the replies on one wake-up, where separate connections cost a wake-up each.
+`ScriptPipeline.evalsha` encodes the call (RESP, in the caller's task: `pack`) and queues it.
+One drain task at a time takes everything queued, sends it as one write on one connection of the
+client's pool, reads the replies in order and answers each caller, then takes what was queued
+meanwhile. A lone call goes out at once, as a plain EVALSHA would; calls issued while a batch is
+in flight go out together as the next batch. Each call is still its own EVALSHA: atomic on its
+own, and one round trip for its caller, shared with the others of its batch. Redis reads and
+answers a batch in one pass of its event loop, and the worker reads all the replies on one
+wake-up, where separate connections cost a wake-up each.
 
 Semantics are those of one EVALSHA per call on a pooled connection:
 
+- an argument redis-py would refuse (not bytes, str, int or float) is that caller's DataError,
+  raised before anything is queued;
 - an error reply (NOSCRIPT included) is that call's exception; the rest of the batch goes on.
   On NOSCRIPT the script is loaded and the call sent once more, as redis-py's `Script` does;
 - a caller cancelled before its batch was written is not sent at all; one cancelled later has
@@ -30,12 +33,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 
 MAX_BATCH = 256
 """At most this many calls per write; more wait for the next batch."""
 
-_Call = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
+_Call = tuple[bytes, "asyncio.Future[Any]"]  # the call's RESP encoding, its caller's future
 
 
 class ScriptPipeline:
@@ -55,15 +58,15 @@ class ScriptPipeline:
         """Run `script` as one EVALSHA (loading it on NOSCRIPT); its reply. Raises what
         redis-py's `Script` call raises."""
         try:
-            return await self._submit(("EVALSHA", script.sha, len(keys), *keys, *args))
+            return await self._submit(pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
         except NoScriptError:
             script.sha = await self._redis.script_load(script.script)
-            return await self._submit(("EVALSHA", script.sha, len(keys), *keys, *args))
+            return await self._submit(pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
 
-    def _submit(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def _submit(self, packed: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((command, fut))
+        self._queue.append((packed, fut))
         if self._drain is None:
             self._drain = loop.create_task(self._run())
         return fut
@@ -95,7 +98,7 @@ class ScriptPipeline:
             self.calls += len(batch)
             if self._on_batch is not None:
                 self._on_batch(len(batch))
-            await conn.send_packed_command(conn.pack_commands([c for c, _ in batch]), check_health=False)
+            await conn.send_packed_command(b"".join([c for c, _ in batch]), check_health=False)
             for _, fut in batch:
                 try:
                     reply = await conn.read_response()
@@ -112,6 +115,30 @@ class ScriptPipeline:
             _raise_if_cancelled(e)
         finally:
             await pool.release(conn)
+
+
+def pack(command: tuple[Any, ...]) -> bytes:
+    """`command` in RESP, as redis-py's connections encode it (UTF-8 text, ints and floats as
+    their repr): a third of what `pack_commands` costs. Raises DataError for any other type."""
+    out = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, bytes):
+            raw = arg
+        elif isinstance(arg, str):
+            raw = arg.encode()
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            raw = b"%d" % arg
+        elif isinstance(arg, float):
+            raw = repr(arg).encode()
+        elif isinstance(arg, (bytearray, memoryview)):
+            raw = bytes(arg)
+        else:
+            raise DataError(f"Invalid input of type: '{type(arg).__name__}'. "
+                            "Convert to a bytes, string, int or float first.")
+        out.append(b"$%d\r\n" % len(raw))
+        out.append(raw)
+        out.append(b"\r\n")
+    return b"".join(out)
 
 
 def _raise_if_cancelled(e: BaseException) -> None:

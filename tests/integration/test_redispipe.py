@@ -1,7 +1,8 @@
 """shardgate/redispipe.py against a real redis-server: calls queued together go out as one write and
 are answered in order; an error reply fails only its call; NOSCRIPT loads the script and sends the
 call again; a call cancelled before its batch was written never runs; a timeout fails the calls
-not yet answered and the next batch gets a fresh connection; batches are bounded."""
+not yet answered and the next batch gets a fresh connection; batches are bounded; an argument
+redis-py refuses fails only its caller; the RESP encoding is redis-py's."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import asyncio
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError, TimeoutError
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError, ResponseError, TimeoutError
 
-from shardgate.redispipe import ScriptPipeline
+from shardgate.redispipe import ScriptPipeline, pack
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -97,3 +99,24 @@ async def test_batches_are_bounded(redis: Redis) -> None:
     replies = await asyncio.gather(*(pipe.evalsha(incr, ["n"], [1]) for _ in range(10)))
     assert replies == list(range(1, 11))
     assert (pipe.batches, pipe.calls) == (3, 10)
+
+
+async def test_an_argument_redis_py_refuses_fails_only_its_caller(redis: Redis) -> None:
+    pipe = ScriptPipeline(redis)
+    incr = redis.register_script(INCR)
+    await redis.script_load(INCR)
+    results = await asyncio.gather(pipe.evalsha(incr, ["n"], [1]), pipe.evalsha(incr, ["n"], [True]),
+                                   pipe.evalsha(incr, ["n"], [None]), pipe.evalsha(incr, ["n"], [2]),
+                                   return_exceptions=True)
+    assert results[0] == 1 and results[3] == 3
+    assert all(isinstance(r, DataError) for r in results[1:3]), results
+    assert (pipe.batches, pipe.calls) == (1, 2)  # the refused ones were never sent
+
+
+def test_the_encoding_is_redis_pys() -> None:
+    """`pack` against the encoder of redis-py's connections (what `Redis.evalsha` sends): every
+    argument type the transitions pass, and the other ones redis-py takes."""
+    command = ("EVALSHA", "a" * 40, 3, "sg:{p3}:inv:x", b"\x00\xff\r\n", "", "\u00fcn\u00ef\u0100", 0, -7,
+               2**70, 1.5, bytearray(b"ba"), memoryview(b"mv"), b"x" * 70_000)
+    assert pack(command) == b"".join(bytes(c) for c in Connection().pack_commands([command]))
+
