@@ -40,6 +40,7 @@ from shardgate.schedule_store import (
 )
 from shardgate.schema import HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
 from shardgate.sharding import idempotent_invocation_id
+from shardgate.tasks import cancel_and_wait
 
 PARTITIONS = 4
 TOKEN = "worker-a|7"
@@ -278,8 +279,7 @@ async def test_the_loop_sleeps_until_the_next_tick(env: Env) -> None:
             await parked()
         assert _tick_times(await env.outbox("s1")) == [iso_ms(START_MS + k * 1000)[11:19] for k in (1, 2, 3)]
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait_for(cancel_and_wait([task]), WAIT_S)  # re-cancels: redis-py can swallow one
 
 
 async def test_scope_and_limit_key_are_passed_through(env: Env) -> None:
@@ -342,6 +342,4 @@ async def test_a_schedule_the_admin_adds_wakes_a_parked_loop_within_a_counter_po
                 await asyncio.sleep(0.005)
         assert _tick_times(await env.outbox("s1")) == [iso_ms(START_MS + 1000)[11:19]]
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait_for(cancel_and_wait(tasks), WAIT_S)  # re-cancels: redis-py can swallow one

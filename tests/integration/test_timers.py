@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from partition import keys
 from partition.timers import PartitionTimers
 from shardgate.clock import ManualClock
+from shardgate.tasks import cancel_and_wait
 
 P = 3
 WAIT_S = 5.0
@@ -65,8 +66,7 @@ async def test_timers_fire_at_their_due_time_and_not_before(redis: Redis) -> Non
         await loop.fired_count(2)
         assert loop.fired == ["s|a", "s|b"]
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait_for(cancel_and_wait([task]), WAIT_S)  # re-cancels: redis-py can swallow one
 
 
 async def test_poke_makes_the_loop_see_an_earlier_timer(redis: Redis) -> None:
@@ -83,8 +83,7 @@ async def test_poke_makes_the_loop_see_an_earlier_timer(redis: Redis) -> None:
         await loop.fired_count(1)
         assert loop.fired == ["w|x|1"]
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait_for(cancel_and_wait([task]), WAIT_S)  # re-cancels: redis-py can swallow one
 
 
 async def test_a_failed_firing_is_retried(redis: Redis) -> None:
@@ -100,5 +99,4 @@ async def test_a_failed_firing_is_retried(redis: Redis) -> None:
         assert loop.fired == ["r|y"]
         assert await redis.zcard(keys.timers(P)) == 0
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait_for(cancel_and_wait([task]), WAIT_S)  # re-cancels: redis-py can swallow one
