@@ -327,6 +327,7 @@ class Scripts:
         self.pipeline = (ScriptPipeline(redis, on_batch=_count_batch)
                          if self._acks is None and not isinstance(redis, RedisCluster) else None)
         self._scripts = {name: redis.register_script(source(name)) for name in COMPOSITION}
+        self._durations: dict[str, Any] = {}  # transition name -> its SCRIPT_DURATION child, looked up once
         self.lease_acquire = redis.register_script(source("lease_acquire"))
         self.lease_renew = redis.register_script(source("lease_renew"))
         self.lease_release = redis.register_script(source("lease_release"))
@@ -340,7 +341,10 @@ class Scripts:
                 return await self._scripts[name](keys=keys_, args=args)
             return await self._run_acknowledged(name, keys_, args, self._acks)
         finally:
-            SCRIPT_DURATION.labels(name).observe(time.perf_counter() - started)
+            timer = self._durations.get(name)
+            if timer is None:
+                timer = self._durations[name] = SCRIPT_DURATION.labels(name)
+            timer.observe(time.perf_counter() - started)
 
     async def _run_acknowledged(self, name: str, keys_: list[str], args: Sequence[ArgvValue],
                                 acks: ReplicaAcks) -> Any:

@@ -218,6 +218,13 @@ def _retry(layers: tuple[RetryPolicy | None, ...]) -> EffectiveRetryPolicy:
     return EffectiveRetryPolicy(**values)
 
 
+_SETTINGS_CACHE_MAX = 4096
+# (id(service), id(handler), id(defaults)) -> (service, handler, defaults, their settings). The
+# objects are kept with the result, so an id is never reused while its entry lives, and a hit is
+# checked by identity. They are frozen, so their settings never change.
+_settings_cache: dict[tuple[int, int, int], tuple[Any, Any, Any, HandlerSettings]] = {}
+
+
 def effective_settings(
     service: ServiceMeta | None, handler: HandlerMeta | None = None, defaults: SettingDefaults = RESTATE_DEFAULTS
 ) -> HandlerSettings:
@@ -225,8 +232,22 @@ def effective_settings(
 
     Retry policies are resolved field by field. With `handler=None` the result is the service's
     own effective settings (what the admin API shows per service); with `service=None` too, the
-    defaults. Pure; raises nothing.
+    defaults. Pure (each schema object's result is computed once: an attempt asks for it every
+    time); raises nothing.
     """
+    key = (id(service), id(handler), id(defaults))
+    hit = _settings_cache.get(key)
+    if hit is not None and hit[0] is service and hit[1] is handler and hit[2] is defaults:
+        return hit[3]
+    settings = _resolve_settings(service, handler, defaults)
+    if len(_settings_cache) >= _SETTINGS_CACHE_MAX:
+        _settings_cache.clear()  # schema versions come and go: start again rather than track age
+    _settings_cache[key] = (service, handler, defaults, settings)
+    return settings
+
+
+def _resolve_settings(service: ServiceMeta | None, handler: HandlerMeta | None,
+                      defaults: SettingDefaults) -> HandlerSettings:
     layers = (handler, service, defaults)
 
     def ms(name: str) -> int:

@@ -90,3 +90,18 @@ def test_configured_defaults_are_the_bottom_of_the_cascade() -> None:
     assert (s.journal_retention_ms, s.idempotency_retention_ms, s.enable_lazy_state) == (0, 60_000, True)
     # fields the configured default leaves unset fall back to Restate's
     assert (s.retry_policy.max_attempts, s.retry_policy.initial_interval_ms) == (2, 500)
+
+
+def test_each_schema_objects_settings_are_resolved_once_and_a_new_object_gets_its_own() -> None:
+    from shardgate import schema
+
+    handler = HandlerMeta("h", None, journal_retention_ms=1_000)
+    svc = _service(ServiceType.SERVICE, handler)
+    first = effective_settings(svc, handler)
+    assert effective_settings(svc, handler) is first  # the same objects: the result computed once
+    changed = replace(handler, journal_retention_ms=2_000)  # a new schema version's handler
+    assert effective_settings(svc, changed).journal_retention_ms == 2_000
+    assert effective_settings(svc, handler).journal_retention_ms == 1_000
+    for n in range(schema._SETTINGS_CACHE_MAX + 10):  # bounded
+        effective_settings(_service(ServiceType.SERVICE, idempotency_retention_ms=n))
+    assert len(schema._settings_cache) <= schema._SETTINGS_CACHE_MAX
