@@ -25,6 +25,11 @@ malformed id (answered here, without asking), gets `[404] not found` as in Resta
 
 Outbox entries (a call or one-way call, a notification, an attach) are encoded by `outbox_codec.py`.
 
+`AttemptPlanner` plans the same frames one at a time, for a bidirectional stream that stays open
+while the SDK waits: `needs_flush` names the frames after which what was planned must be stored
+before the stream goes on (`take_batch`), and `finish` gives the terminal's part. The batches and
+the final part add up, in order, to what `plan_attempt` gives for the whole list.
+
 Nothing here does I/O, so each vector scenario can drive it directly in a unit test.
 """
 
@@ -173,34 +178,16 @@ def _child_retention_ms(meta: ServiceMeta, handler: HandlerMeta, idem: str | Non
 
 
 class _Planner:
+    """Plans frame by frame into `plan`; the terminal fields stay on it across batches."""
+
+    __slots__ = ("_promises_written", "command_index", "ctx", "plan", "terminal_type")
+
     def __init__(self, ctx: PlanContext) -> None:
         self.ctx = ctx
         self.plan = AttemptPlan()
         self.command_index = ctx.commands_before
         self._promises_written = False
-        self._handlers: dict[int, Callable[[Frame], None]] = {
-            T.OUTPUT_COMMAND: self._output,
-            T.SET_STATE_COMMAND: self._set_state,
-            T.CLEAR_STATE_COMMAND: self._clear_state,
-            T.CLEAR_ALL_STATE_COMMAND: self._clear_all,
-            T.GET_EAGER_STATE_COMMAND: self._store_only,
-            T.GET_EAGER_STATE_KEYS_COMMAND: self._store_only,
-            T.RUN_COMMAND: self._store_only,
-            T.GET_LAZY_STATE_COMMAND: self._lazy_get,
-            T.GET_LAZY_STATE_KEYS_COMMAND: self._lazy_keys,
-            T.SLEEP_COMMAND: self._sleep,
-            T.CALL_COMMAND: self._call,
-            T.ONE_WAY_CALL_COMMAND: self._one_way_call,
-            T.SEND_SIGNAL_COMMAND: self._send_signal,
-            T.COMPLETE_AWAKEABLE_COMMAND: self._complete_awakeable,
-            T.GET_PROMISE_COMMAND: self._promise,
-            T.PEEK_PROMISE_COMMAND: self._promise,
-            T.COMPLETE_PROMISE_COMMAND: self._promise,
-            T.PROPOSE_RUN_COMPLETION: self._run_completion,
-            T.AWAITING_ON: lambda f: None,
-            T.ATTACH_INVOCATION_COMMAND: self._attach,
-            T.GET_INVOCATION_OUTPUT_COMMAND: self._attach,
-        }
+        self.terminal_type: int | None = None  # the type of the terminal frame, once fed
 
     # ---- journal ---------------------------------------------------------------------------
     def command(self, frame: Frame) -> None:
@@ -434,45 +421,46 @@ class _Planner:
         self._outbox(encode_outbox_attach(p, str(target), ATTACH_NOTE_KEY if attach else OUTPUT_NOTE_KEY,
                                           self.ctx.invocation_id, self.ctx.partition, cid))
 
-    def run(self, frames: list[Frame]) -> AttemptPlan:
-        for i, f in enumerate(frames):
-            t = f.type
-            if t in (T.END, T.SUSPENSION, T.ERROR) and i != len(frames) - 1:
-                raise PlanError(f"frames after the terminal message 0x{t:04X}")
-            if t == T.END:
-                if self.plan.result is None:
-                    raise PlanError("End without an Output")
-                self.plan.terminal = TerminalKind.END
-                return self._finish()
-            if t == T.SUSPENSION:
-                self._suspension(f)
-                return self._finish()
-            if t == T.ERROR:
-                msg = cast(pb.ErrorMessage, protocol.parse_message(f))
-                self.plan.terminal = TerminalKind.ERROR
-                self.plan.error_code = msg.code or 500
-                self.plan.error_message = msg.message
-                if msg.HasField("next_retry_delay"):
-                    self.plan.next_retry_delay_ms = msg.next_retry_delay
-                self.plan.error_behavior = msg.behavior
-                return self._finish()
-            if protocol.is_custom_entry(t):
-                self.command(f)  # opaque to the runtime: stored and replayed as it is
-                continue
-            handler = self._handlers.get(t)
+    def feed(self, f: Frame) -> None:
+        """Plan one frame. Raises PlanError, CommandRejected or protocol.ProtocolError."""
+        t = f.type
+        if self.terminal_type is not None:
+            raise PlanError(f"frames after the terminal message 0x{self.terminal_type:04X}")
+        if t == T.END:
+            if self.plan.result is None:
+                raise PlanError("End without an Output")
+            self.plan.terminal = TerminalKind.END
+        elif t == T.SUSPENSION:
+            self._suspension(f)
+        elif t == T.ERROR:
+            msg = cast(pb.ErrorMessage, protocol.parse_message(f))
+            self.plan.terminal = TerminalKind.ERROR
+            self.plan.error_code = msg.code or 500
+            self.plan.error_message = msg.message
+            if msg.HasField("next_retry_delay"):
+                self.plan.next_retry_delay_ms = msg.next_retry_delay
+            self.plan.error_behavior = msg.behavior
+        elif protocol.is_custom_entry(t):
+            self.command(f)  # opaque to the runtime: stored and replayed as it is
+            return
+        else:
+            handler = _HANDLERS.get(t)
             if handler is None:
                 raise PlanError(f"unexpected message 0x{t:04X} from the SDK")
-            handler(f)
-        raise PlanError("the response ended without End, Suspension or Error")
+            handler(self, f)
+            return
+        self.terminal_type = t
 
-    def _finish(self) -> AttemptPlan:
+    def finish(self) -> AttemptPlan:
+        """The plan with its terminal; raises PlanError when no terminal frame was fed."""
+        if self.terminal_type is None:
+            raise PlanError("the response ended without End, Suspension or Error")
         if self._promises_written:
             self.plan.ops.append(self._promise_expiry())
         if self.plan.terminal is TerminalKind.END and not self.ctx.journal_kept:
             # The journal is deleted with the completion: do not ship entries that die at once.
             self.plan.ops = without_journal(self.plan.ops)
         return self.plan
-
 
     def _promise_expiry(self) -> PromiseExpiry:
         """The expiry op for the promises a shared handler wrote: the run's id, and the workflow's
@@ -482,6 +470,103 @@ class _Planner:
         run = next((h for h in meta.handlers.values() if h.ty is HandlerType.WORKFLOW), None) if meta else None
         retention_ms = effective_settings(meta, run).completion_retention_ms if run is not None else 0
         return PromiseExpiry(str(run_id), retention_ms or DEFAULT_PROMISE_RETENTION_MS)
+
+
+_HANDLERS: dict[int, Callable[[_Planner, Frame], None]] = {
+    T.OUTPUT_COMMAND: _Planner._output,
+    T.SET_STATE_COMMAND: _Planner._set_state,
+    T.CLEAR_STATE_COMMAND: _Planner._clear_state,
+    T.CLEAR_ALL_STATE_COMMAND: _Planner._clear_all,
+    T.GET_EAGER_STATE_COMMAND: _Planner._store_only,
+    T.GET_EAGER_STATE_KEYS_COMMAND: _Planner._store_only,
+    T.RUN_COMMAND: _Planner._store_only,
+    T.GET_LAZY_STATE_COMMAND: _Planner._lazy_get,
+    T.GET_LAZY_STATE_KEYS_COMMAND: _Planner._lazy_keys,
+    T.SLEEP_COMMAND: _Planner._sleep,
+    T.CALL_COMMAND: _Planner._call,
+    T.ONE_WAY_CALL_COMMAND: _Planner._one_way_call,
+    T.SEND_SIGNAL_COMMAND: _Planner._send_signal,
+    T.COMPLETE_AWAKEABLE_COMMAND: _Planner._complete_awakeable,
+    T.GET_PROMISE_COMMAND: _Planner._promise,
+    T.PEEK_PROMISE_COMMAND: _Planner._promise,
+    T.COMPLETE_PROMISE_COMMAND: _Planner._promise,
+    T.PROPOSE_RUN_COMPLETION: _Planner._run_completion,
+    T.AWAITING_ON: lambda planner, f: None,
+    T.ATTACH_INVOCATION_COMMAND: _Planner._attach,
+    T.GET_INVOCATION_OUTPUT_COMMAND: _Planner._attach,
+}
+"""What each non-terminal, non-custom frame type does (built once: planning an attempt builds no table)."""
+
+FLUSH_TYPES = frozenset({
+    T.PROPOSE_RUN_COMPLETION, T.GET_LAZY_STATE_COMMAND, T.GET_LAZY_STATE_KEYS_COMMAND, T.SLEEP_COMMAND,
+    T.CALL_COMMAND, T.ONE_WAY_CALL_COMMAND, T.SEND_SIGNAL_COMMAND, T.COMPLETE_AWAKEABLE_COMMAND,
+    T.GET_PROMISE_COMMAND, T.PEEK_PROMISE_COMMAND, T.COMPLETE_PROMISE_COMMAND,
+    T.ATTACH_INVOCATION_COMMAND, T.GET_INVOCATION_OUTPUT_COMMAND,
+})
+"""Frame types whose answer or effect the SDK may wait for while its stream stays open: a run's
+result, lazy state, a timer, a call and its callee id, a signal or promise, an attach. The
+frames before and including one of them must be stored before the stream goes on."""
+
+
+def needs_flush(frame: Frame) -> bool:
+    """Whether the batch planned so far must be stored now (`AttemptPlanner.take_batch`) rather
+    than held for the next flush or the terminal: a frame in `FLUSH_TYPES`, or any frame that asks
+    for an acknowledgement (REQUESTED_ACK)."""
+    return frame.type in FLUSH_TYPES or frame.requested_ack
+
+
+@dataclass(slots=True)
+class Batch:
+    """The part of an attempt planned since the last `take_batch`: stored by one transition that
+    keeps the attempt open. Ops and entries in frame order."""
+
+    ops: list[Op]
+    entries: list[bytes]
+    timers: int
+    outbox: int
+
+
+class AttemptPlanner:
+    """Plans one attempt frame by frame, for a stream whose frames arrive while the attempt runs.
+
+    `feed` each frame as it is decoded; when `needs_flush(frame)` says so, `take_batch` hands over
+    what was planned since the last batch (its ops go to Redis before the stream goes on);
+    `finish` after the terminal frame gives the terminal's plan with the ops not taken yet.
+    Taking batches at any points and finishing yields, in order, the ops `plan_attempt` gives for
+    the same frames (an END that drops the journal drops only the ops of the last part: the
+    earlier batches' entries go with the journal). Run state that spans batches (the command
+    index, the state as planned, the Output's result, written promises) is kept here.
+
+    `feed` raises PlanError for a protocol violation and CommandRejected for a command whose
+    target is unknown; after either the attempt is over (the planner is not reused).
+    """
+
+    __slots__ = ("_planner", "grew")
+
+    def __init__(self, ctx: PlanContext) -> None:
+        self._planner = _Planner(ctx)
+        self.grew = False  # entries were taken in a batch during this attempt
+
+    @property
+    def done(self) -> bool:
+        """A terminal frame (End, Suspension, Error) was fed."""
+        return self._planner.terminal_type is not None
+
+    def feed(self, frame: Frame) -> None:
+        try:
+            self._planner.feed(frame)
+        except protocol.ProtocolError as e:
+            raise PlanError(str(e)) from e
+
+    def take_batch(self) -> Batch:
+        plan = self._planner.plan
+        batch = Batch(plan.ops, plan.entries, plan.timers, plan.outbox)
+        plan.ops, plan.entries, plan.timers, plan.outbox = [], [], 0, 0
+        self.grew = self.grew or bool(batch.entries)
+        return batch
+
+    def finish(self) -> AttemptPlan:
+        return self._planner.finish()
 
 
 def attach_target(msg: pb.AttachInvocationCommandMessage | pb.GetInvocationOutputCommandMessage,
@@ -530,12 +615,21 @@ def _flatten(future: Any, out: list[str]) -> None:
 def plan_attempt(frames: list[Frame], ctx: PlanContext) -> AttemptPlan:
     """Plan the `apply` transition for one attempt's response frames; an attempt rejected at a
     command (`CommandRejected`) is an ERROR plan without ops (`rejected_plan`). Raises PlanError."""
+    planner = _Planner(ctx)
+    last = len(frames) - 1
     try:
-        return _Planner(ctx).run(frames)
+        for i, f in enumerate(frames):
+            if i != last and f.type in _TERMINAL_TYPES:
+                raise PlanError(f"frames after the terminal message 0x{f.type:04X}")
+            planner.feed(f)
+        return planner.finish()
     except CommandRejected as e:
         return rejected_plan(e)
     except protocol.ProtocolError as e:
         raise PlanError(str(e)) from e
+
+
+_TERMINAL_TYPES = frozenset({T.END, T.SUSPENSION, T.ERROR})
 
 
 def count_commands(entries: list[bytes]) -> int:

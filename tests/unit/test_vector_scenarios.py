@@ -24,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from partition import effects
 from partition.effects import AttemptPlan, PlanContext, PlanError, count_commands, plan_attempt
@@ -1328,3 +1330,132 @@ def test_named_signal_keys_survive_spaces_and_nul() -> None:
     suspension = encode_message(T.SUSPENSION, pb.SuspensionMessage(waiting_named_signals=["a b\x00c"]))
     plan = plan_attempt(decode_frames(suspension), context(vec("a_greet_v6")))
     assert plan.awaiting == f" {key} "
+
+
+# ---- the incremental planner (frames of a bidirectional stream, stored in batches) ---------------
+
+BIDI_SCENARIOS = {"j1_bidi_sleep_v6": Scenario("Counter", "nap", "exclusive"),
+                  "j2_bidi_run_v6": Scenario("Greeter", "with_run", "service"),
+                  "j3_bidi_run_ack_v7": Scenario("Greeter", "with_run", "service")}
+
+
+def any_context(name: str) -> PlanContext:
+    """A fresh context for any captured exchange, the bidirectional ones included."""
+    v = vec(name)
+    sc = BIDI_SCENARIOS.get(name)
+    if sc is None:
+        return context(v)
+    return PlanContext(invocation_id=str(v.inv), partition=partition_of(v.inv.partition_key, PARTITIONS),
+                       partitions=PARTITIONS, kind=HandlerKind(sc.kind), service=sc.service,
+                       key=v.start.key if sc.kind != "service" else None, state=dict(v.state_map),
+                       commands_before=v.commands_before(), now_ms=NOW_MS, schema=SCHEMA)
+
+
+ALL_ATTEMPTS = sorted(p.stem for p in VECTORS_DIR.glob("*_v[67].json"))
+
+
+def planned_in_batches(name: str, cuts: set[int]) -> tuple[list[effects.Batch], AttemptPlan, bool]:
+    """Feed the vector's response frames one by one, taking a batch after frame i for every i in
+    `cuts` and wherever `needs_flush` asks; the batches, the final plan and the attempt-wide grew."""
+    planner = effects.AttemptPlanner(any_context(name))
+    batches = []
+    for i, f in enumerate(vec(name).response_frames):
+        planner.feed(f)
+        if i in cuts or effects.needs_flush(f):
+            batches.append(planner.take_batch())
+    assert planner.done
+    return batches, planner.finish(), planner.grew
+
+
+TERMINAL_FIELDS = ("terminal", "result", "awaiting", "error_code", "error_message", "error_code_name",
+                   "restate_code", "next_retry_delay_ms", "error_behavior")
+
+
+@pytest.mark.parametrize("name", ALL_ATTEMPTS)
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(cuts=st.sets(st.integers(min_value=0, max_value=12), max_size=6))
+def test_batches_add_up_to_the_whole_attempts_plan(name: str, cuts: set[int]) -> None:
+    whole = plan_attempt(vec(name).response_frames, any_context(name))
+    batches, final, grew = planned_in_batches(name, cuts)
+    ops = [op for b in batches for op in b.ops] + final.ops
+    entries = [e for b in batches for e in b.entries] + final.entries
+    assert entries == whole.entries
+    if whole.terminal == "END":
+        # The journal goes with the completion (the contexts keep no journal): the terminal's part
+        # drops its journal ops, the earlier batches' entries are deleted with the journal.
+        assert effects.without_journal(ops) == whole.ops and effects.without_journal(final.ops) == final.ops
+    else:
+        assert ops == whole.ops
+    assert sum(b.timers for b in batches) + final.timers == whole.timers
+    assert sum(b.outbox for b in batches) + final.outbox == whole.outbox
+    assert (grew or final.grew) == bool(entries)
+    assert [getattr(final, k) for k in TERMINAL_FIELDS] == [getattr(whole, k) for k in TERMINAL_FIELDS]
+
+
+def test_a_run_proposal_closes_a_batch_with_its_completion() -> None:
+    """j2 (a captured bidi ctx.run): RunCommand + ProposeRunCompletion are stored together, before
+    the stream goes on; the Output follows in the terminal's part."""
+    v = vec("j2_bidi_run_v6")
+    run, propose, output, end = v.response_frames
+    assert [effects.needs_flush(f) for f in (run, propose, output, end)] == [False, True, False, False]
+    batches, final, grew = planned_in_batches("j2_bidi_run_v6", set())
+    [batch] = batches
+    assert batch.ops[0] == JournalEntry(run.encode())
+    assert isinstance(batch.ops[1], NotificationEntry) and batch.ops[1].key == "c1"
+    assert parse_message(decode_frames(batch.ops[1].frame)[0]).completion_id == 1
+    assert len(batch.ops) == 2 and grew
+    assert final.terminal == "END" and final.ops == []  # a plain service's journal is not kept
+
+
+def test_an_acknowledgement_request_closes_a_batch() -> None:
+    v = vec("j3_bidi_run_ack_v7")
+    propose = v.response_frames[1]
+    assert propose.requested_ack and effects.needs_flush(propose)
+    held = Frame(T.SET_STATE_COMMAND, 0, b"")
+    assert not effects.needs_flush(held)
+    assert effects.needs_flush(dataclasses.replace(held, flags=0x8000))
+
+
+def test_a_sleep_closes_a_batch_with_its_timer() -> None:
+    batches, final, _ = planned_in_batches("j1_bidi_sleep_v6", set())
+    [batch] = batches  # SetState + Sleep: the timer must be set before the stream waits on it
+    assert [type(op).__name__ for op in batch.ops] == ["JournalEntry", "SetState", "JournalEntry", "AddTimer"]
+    assert batch.timers == 1 and final.timers == 0 and final.terminal == "END"
+
+
+def test_the_planner_refuses_frames_after_the_terminal_and_a_finish_without_one() -> None:
+    v = vec("a_greet_v6")
+    output, end = v.response_frames
+    planner = effects.AttemptPlanner(context(v))
+    planner.feed(output)
+    assert not planner.done
+    with pytest.raises(PlanError, match="ended without End"):
+        planner.finish()
+    planner.feed(end)
+    assert planner.done
+    with pytest.raises(PlanError, match="frames after the terminal message 0x0003"):
+        planner.feed(output)
+    with pytest.raises(PlanError, match="frames after the terminal message 0x0003"):
+        plan_attempt([end, output], context(v))
+
+
+def test_a_malformed_frame_fed_is_a_plan_error() -> None:
+    planner = effects.AttemptPlanner(context(vec("b_object_eager_state_v6")))
+    with pytest.raises(PlanError):
+        planner.feed(Frame(T.SET_STATE_COMMAND, 0, b"\xff\xff"))
+
+
+def test_an_unknown_call_target_rejects_at_its_frame_and_keeps_the_earlier_batches() -> None:
+    v = vec("l1_call_suspend_v6")
+    planner = effects.AttemptPlanner(context(v))
+    call = next(f for f in v.response_frames if f.type == T.CALL_COMMAND)
+    msg = parse_message(call)
+    msg.service_name = "Ghost"
+    ghost = Frame(T.CALL_COMMAND, 0, msg.SerializeToString())
+    before = [f for f in v.response_frames[:v.response_frames.index(call)]]
+    for f in before:
+        planner.feed(f)
+    taken = planner.take_batch()
+    with pytest.raises(effects.CommandRejected, match="Ghost/"):
+        planner.feed(ghost)
+    assert taken.entries == [f.encode() for f in before if is_command(f.type)]
