@@ -64,7 +64,7 @@ from redis.exceptions import (
     TimeoutError,
     TryAgainError,
 )
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from shardgate.envconfig import ConfigError, env_bool, env_str, mask_url
 
