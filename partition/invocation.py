@@ -38,6 +38,7 @@ is its typed form; `to_fields()` / `from_fields()` is the only codec (`FIELDS` i
 | sd | random_seed | int? | the random seed every attempt gets (absent: derived from the id); a restart from a journal prefix keeps the original's, so the copied entries replay | restart-as-new (`from` > 0) | driver (attempt) |
 | idk | idempotency_key | text? | the idempotency key the client (or a calling handler) gave; not one the ingress generated | accept | /query (sys_idempotency, sys_invocation) |
 | by | invoked_by | text? | `<id>\|<service>` of the invocation whose handler sent this one (absent: the ingress) | accept | /query (sys_invocation.invoked_by*) |
+| ss | stream_seq | text | `<attempt nonce>\|<n>` of the last append of a live attempt (a retry is not stored twice) | append | append |
 
 Besides these, one `n:<notification key>` field (value '1') per notification the journal holds
 (`c<completion id>`, `s<signal index>`, `n<hex signal name>`): the dedup index and the check
@@ -263,6 +264,7 @@ class HashField(str, Enum):
     RANDOM_SEED = "sd"
     IDEMPOTENCY_KEY = "idk"
     INVOKED_BY = "by"
+    STREAM_SEQ = "ss"
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +370,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     _spec(H.INVOKED_BY, "invoked_by", "text?",
           "`<id>|<service>` of the invocation whose handler sent this one (absent: the ingress)", "accept",
           "/query (sys_invocation.invoked_by*)"),
+    _spec(H.STREAM_SEQ, "stream_seq", "text",
+          "`<attempt nonce>|<n>` of the last append of a live attempt (a retry is not stored twice)",
+          "append", "append"),
 )
 _BY_NAME = {spec.field.value.encode(): spec for spec in FIELDS}
 
@@ -421,6 +426,7 @@ class InvocationRecord:
     random_seed: int | None = None
     idempotency_key: str | None = None
     invoked_by: str | None = None
+    stream_seq: str = ""
 
     @property
     def pin(self) -> PinnedDeployment | None:

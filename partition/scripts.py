@@ -58,6 +58,7 @@ from partition.transition import (
     OP_ARGS,
     TERMINAL_ARGS,
     AcceptOutcome,
+    AppendOutcome,
     ApplyOutcome,
     AttachOutcome,
     ManageOutcome,
@@ -90,7 +91,9 @@ STATE_EDIT_NOTE_KEY = "edit-state"
 COMPOSITION: dict[str, tuple[str, ...]] = {
     "accept": ("_parents", "_index", "_scope", "accept"),
     "apply": ("_parents", "_notes", "_scope", "_apply_effects", "_apply_promises", "_apply_suspend",
-              "_apply_error", "_state", "_apply_end", "apply"),
+              "_apply_growth", "_apply_error", "_state", "_apply_end", "apply"),
+    # a live (bidirectional) attempt's entries and effects so far; the attempt stays open
+    "append": ("_notes", "_apply_effects", "_apply_promises", "_apply_growth", "append"),
     "attempt_start": ("_scope", "attempt_start"),
     "notify": ("_notes", "notify"),
     "settle": ("settle",),
@@ -117,11 +120,14 @@ LEASE_SCRIPTS = ("lease_acquire", "lease_renew", "lease_release")  # self-contai
 APPLY_FIXED_ARGS = 7
 APPLY_PIN_ARG = APPLY_FIXED_ARGS + 2 + TERMINAL_ARGS
 APPLY_FIRST_OP = APPLY_PIN_ARG + 2
+# append.lua's ARGV: 8 fixed arguments, the deployment pin (as apply's), then the ops.
+APPEND_PIN_ARG = 9
+APPEND_FIRST_OP = APPEND_PIN_ARG + 2
 
 # Enum -> the prefix of its members' Lua names (ST_INVOKED, F_STATUS, OP_SET_STATE, APPLY_RESUME ...).
 LUA_ENUMS: tuple[tuple[str, type[Enum]], ...] = (
     ("ST", Status), ("KIND", HandlerKind), ("F", HashField), ("OP", OpCode), ("TERM", TerminalKind),
-    ("ACCEPT", AcceptOutcome), ("APPLY", ApplyOutcome), ("START", StartOutcome), ("NOTIFY", NotifyOutcome),
+    ("ACCEPT", AcceptOutcome), ("APPLY", ApplyOutcome), ("APPEND", AppendOutcome), ("START", StartOutcome), ("NOTIFY", NotifyOutcome),
     ("SETTLE", SettleOutcome), ("MANAGE", ManageOutcome), ("SCOPE_LIMITS", ScopeLimitsOutcome),
     ("ATTACH", AttachOutcome), ("RESTART", RestartOutcome),
 )
@@ -143,6 +149,7 @@ def lua_values() -> dict[str, str | bytes | int]:
         PROMISE_ALREADY_COMPLETED=Result(*effects.PROMISE_ALREADY_COMPLETED).encode(),
         TARGET_NOT_FOUND=Result(*effects.TARGET_NOT_FOUND).encode(),
         APPLY_FIRST_OP=APPLY_FIRST_OP, APPLY_PIN_ARG=APPLY_PIN_ARG,
+        APPEND_FIRST_OP=APPEND_FIRST_OP, APPEND_PIN_ARG=APPEND_PIN_ARG,
         STATE_EDIT_TAG=keys.STATE_EDIT_TAG, STATE_EDIT_SEP=keys.STATE_EDIT_SEP,
     )
     return out
@@ -257,6 +264,19 @@ class Applied:
     new_entries: list[bytes] = field(default_factory=list)  # RESUME: journal from the replayed length on
     woken: list[str] = field(default_factory=list)  # other invocations woken by a promise completion
     parents_notified: int = 0  # COMPLETED: outbox entries queued for waiting parents
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Reply of `append`: on APPENDED and DUP, the journal length after it and the notifications
+    from the attempt's cursor on, (index, frame) in journal order (the other entries there are
+    the attempt's own commands, in order)."""
+
+    outcome: AppendOutcome
+    status: Status | None = None  # BAD_STATE: the status found (None: no such invocation)
+    journal_len: int = 0
+    notes: list[tuple[int, bytes]] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)  # APPENDED: other invocations woken by a promise completion
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +431,31 @@ class Scripts:
             args,
         )
         return _applied(p, reply)
+
+    async def append(self, t: Target, token: str, now_ms: int, cursor: int, nonce: str, seq: int,
+                     ops: Sequence[Op], pin: PinnedDeployment | None = None) -> Appended:
+        """Store what a live attempt produced since its last append (journal entries and their
+        effects, no terminal); the invocation stays invoked. `cursor` is the journal length the
+        attempt knows, (`nonce`, `seq`) numbers the append within its attempt (1, 2, ...), so a
+        retry of a stored append is DUP and stores nothing twice. `pin` as for `apply`. Raises Fenced."""
+        p = t.partition
+        pinned: list[ArgvValue] = ["", ""] if pin is None else [pin.deployment_id, pin.protocol_version]
+        args: list[ArgvValue] = [token, t.invocation_id, now_ms, cursor, nonce, keys.invocation_prefix(p),
+                                 keys.journal_prefix(p), seq, *pinned, *encode_ops(ops)]
+        reply = await self._run(
+            "append",
+            [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), t.lock(), t.inbox(), t.state(),
+             keys.journal(p, t.invocation_id), keys.timers(p), keys.outbox(p), t.promises(), t.promise_waiters()],
+            args,
+        )
+        code = AppendOutcome(reply[0].decode())
+        if code is AppendOutcome.FENCED:
+            raise Fenced(p)
+        if code is AppendOutcome.BAD_STATE:
+            return Appended(code, status=Status(reply[1].decode()) if reply[1] else None)
+        flat = reply[2]
+        notes = [(int(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+        return Appended(code, journal_len=int(reply[1]), notes=notes, woken=[w.decode() for w in reply[3]])
 
     async def attempt_start(self, t: Target, token: str, timer_member: str = "", now_ms: int | None = None) -> Started:
         """Move an invocation to `invoked` and read its record, state and journal; the fired

@@ -63,6 +63,15 @@ class ApplyOutcome(str, Enum):
     FENCED = "FENCED"
 
 
+class AppendOutcome(str, Enum):
+    """Reply codes of `append.lua` (a live attempt's entries stored while it goes on)."""
+
+    APPENDED = "APPENDED"  # stored: the journal length and the notifications from the known length come along
+    DUP = "DUP"  # this append of this attempt was stored before (a retry after a lost reply): nothing stored again
+    BAD_STATE = "BAD_STATE"  # not invoked, or not the attempt's next append: nothing stored
+    FENCED = "FENCED"
+
+
 class StartOutcome(str, Enum):
     """Reply codes of `attempt_start.lua`."""
 

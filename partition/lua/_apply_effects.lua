@@ -1,4 +1,4 @@
--- apply, part: the journal and effect ops (invocation.encode_ops). op_handlers maps an opcode to its
+-- apply and append, part: the journal and effect ops (invocation.encode_ops). op_handlers maps an opcode to its
 -- handler, which gets the attempt `run` ({id, now, woken, grew}) and the ARGV index of the
 -- opcode; its arguments follow it (OP_ARGS[opcode] of them, generated from the op dataclasses).
 -- KEYS as in apply.lua: 2=inv 6=state 7=journal 8=timers 9=outbox.
@@ -38,4 +38,27 @@ end
 
 op_handlers[OP_OUTBOX] = function(_, i)
   redis.call('RPUSH', KEYS[9], ARGV[i + 1])
+end
+
+-- Check every opcode from ARGV[first] on before the first write: an error reply names the
+-- transition when one is unknown (a malformed call changes nothing), nil when all are known.
+local function check_ops(first, transition)
+  local i = first
+  while i <= #ARGV do
+    if not op_handlers[ARGV[i]] then
+      return redis.error_reply(transition .. ': unknown op ' .. tostring(ARGV[i]))
+    end
+    i = i + 1 + OP_ARGS[ARGV[i]]
+  end
+  return nil
+end
+
+-- Run the ops from ARGV[first] on, in order, for the attempt `run`.
+local function run_ops(run, first)
+  local i = first
+  while i <= #ARGV do
+    local op = ARGV[i]
+    op_handlers[op](run, i)
+    i = i + 1 + OP_ARGS[op]
+  end
 end

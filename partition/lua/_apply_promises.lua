@@ -1,4 +1,4 @@
--- apply, part: workflow promises. KEYS[10] = promises (name -> encoded result field),
+-- apply and append, part: workflow promises. KEYS[10] = promises (name -> encoded result field),
 -- KEYS[11] = promise waiters (name -> 'id|completion id,' list). Waiters other than this
 -- invocation are reached through ARGV[6] / ARGV[7] (invocation hash / journal prefixes: the
 -- same workflow key, so the same hash tag).

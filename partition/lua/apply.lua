@@ -1,6 +1,6 @@
 -- apply: store the outcome of one attempt atomically: the journal entries it produced, their
 -- effects (state, timers, outbox, workflow promises) and its terminal message. scripts.py
--- composes it from _parents, _notes, _apply_effects, _apply_promises, _apply_suspend,
+-- composes it from _parents, _notes, _apply_effects, _apply_promises, _apply_growth, _apply_suspend,
 -- _apply_error, _apply_end and this file: one script, one EVALSHA.
 -- KEYS[1]=lease KEYS[2]=inv KEYS[3]=active KEYS[4]=lock KEYS[5]=inbox KEYS[6]=state
 -- KEYS[7]=journal KEYS[8]=timers KEYS[9]=outbox KEYS[10]=promises KEYS[11]=promise waiters
@@ -32,30 +32,15 @@ end
 if terminal == TERM_SUSPEND and ARGV[10] ~= '' and redis.call('HGET', KEYS[2], F_APPLY_NONCE) == ARGV[10] then
   return {APPLY_BAD_STATE, st}  -- a retry of this very apply (it resumed, or a notify woke it)
 end
--- Check every opcode before the first write: a malformed call changes nothing.
-local i = APPLY_FIRST_OP
-while i <= #ARGV do
-  if not op_handlers[ARGV[i]] then
-    return redis.error_reply('apply: unknown op ' .. tostring(ARGV[i]))
-  end
-  i = i + 1 + OP_ARGS[ARGV[i]]
+local bad_op = check_ops(APPLY_FIRST_OP, 'apply')
+if bad_op then
+  return bad_op
 end
-
 local run = {id = ARGV[2], now = ARGV[3], woken = {}, grew = false, result = ARGV[9], inv_prefix = ARGV[6]}
-i = APPLY_FIRST_OP
-while i <= #ARGV do
-  local op = ARGV[i]
-  op_handlers[op](run, i)
-  i = i + 1 + OP_ARGS[op]
-end
+run_ops(run, APPLY_FIRST_OP)
 redis.call('HSET', KEYS[2], F_ATTEMPTS, ARGV[5])
 if run.grew then
-  redis.call('HSET', KEYS[2], F_LAST_GROWTH, run.now)  -- duration_since_last_stored_entry
-  -- Restate pins the deployment with the first entry an attempt stores; later attempts go there.
-  if ARGV[APPLY_PIN_ARG] ~= '' and redis.call('HEXISTS', KEYS[2], F_PINNED_DEPLOYMENT) == 0 then
-    redis.call('HSET', KEYS[2], F_PINNED_DEPLOYMENT, ARGV[APPLY_PIN_ARG],
-               F_PINNED_PROTOCOL, ARGV[APPLY_PIN_ARG + 1])
-  end
+  note_growth(run, ARGV[APPLY_PIN_ARG], ARGV[APPLY_PIN_ARG + 1])
 end
 if terminal == TERM_SUSPEND then
   return apply_suspend(run)

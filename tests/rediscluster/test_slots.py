@@ -63,6 +63,7 @@ def wrapper_calls(s: Scripts, t: Target) -> list[Callable[[], Awaitable[Any]]]:
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: s.accept(t, TOKEN, record),
         lambda: s.apply(t, TOKEN, 0, 0, End(Result(value=b"1")), 0, []),
+        lambda: s.append(t, TOKEN, 0, 0, "nonce", 1, []),  # a live attempt's entries so far
         lambda: s.attempt_start(t, TOKEN),
         lambda: s.notify(p, inv, TOKEN, "k", b""),
         lambda: s.settle(p, inv, TOKEN),

@@ -116,7 +116,7 @@ FULL = InvocationRecord(
     scope="tenant", limit_key="u1/l2", vqueue="tenant", apply_nonce=b"\x01nonce",
     pinned_deployment_id="dp_1pin", pinned_protocol_version=6, random_seed=2**63 + 5,
     idempotency_key="my-key", invoked_by="inv_1caller|Caller",
-    journal_retention_ms=30_000,
+    journal_retention_ms=30_000, stream_seq="n1|2",
 )
 
 
