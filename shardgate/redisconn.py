@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -64,7 +65,6 @@ from redis.exceptions import (
     TimeoutError,
     TryAgainError,
 )
-from redis.asyncio.retry import Retry
 
 from shardgate.envconfig import ConfigError, env_bool, env_str, mask_url
 

@@ -29,6 +29,7 @@ from sgproto.partition.v1 import partition_service_pb2 as spb
 from shardgate import protocol
 from shardgate.clock import ManualClock
 from shardgate.protocol import MessageType as T
+from shardgate.tasks import cancel_and_wait
 from tests.clusters import poll
 
 P = 0
@@ -105,8 +106,7 @@ async def test_the_run_loop_retries_a_held_lane_after_its_back_off(redis: Redis)
         await poll("a1 to go out", 5.0, _until(lambda: (DOWN, "a1") in rec.delivered), interval_s=0.01)
         assert await remaining(redis) == []
     finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
+        await asyncio.wait_for(cancel_and_wait([loop]), 10)  # redis-py can swallow a cancellation
 
 
 @pytest.mark.timeout(30)

@@ -136,9 +136,7 @@ async def test_joins_and_graceful_leaves_move_partitions_without_waiting_for_a_h
         assert (await read_routes(redis, P)) == [f"{b.ownership.address}|{b.ownership.tokens[p]}"
                                                  for p in range(P)]
     finally:
-        for t in loops:
-            t.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await asyncio.wait_for(cancel_and_wait(loops), 10)  # redis-py can swallow a cancellation
 
 
 async def _subscribers(redis: Redis) -> int:
