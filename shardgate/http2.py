@@ -3,13 +3,16 @@
 Restate reaches `http://` deployments over h2c unless they were registered with `use_http_11`,
 and the TypeScript SDK's default server (`endpoint().listen()`) speaks nothing else. This client
 does what discovery and request-response attempts need: send one request with a known body and
-read the whole response. `H2Pool` multiplexes the requests to one (host, port) on a few
+read the whole response (`H2Pool.request`); and what a bidirectional attempt needs: a request
+whose body goes out piece by piece while its response is read piece by piece (`H2Pool.open`, a
+`Duplex`). `H2Pool` multiplexes the requests to one (host, port) on a few
 connections, each an `asyncio.Protocol` driving an `h2` state machine, so a request costs its
 frames, one write and one future — no task per request or per connection.
 
 What it takes care of:
 - flow control both ways: request bodies are sent as the peer's windows allow; response data is
-  acknowledged as it arrives (the windows we advertise are large, so a response never waits);
+  acknowledged as it arrives (the windows we advertise are large, so a response never waits), on a
+  `Duplex` only once the reader took it (a reader that falls behind holds the peer back);
 - the peer's stream limit: a connection carries at most `MAX_CONCURRENT_STREAMS` of its own or
   the peer's limit, whichever is lower; more requests open another connection;
 - connection hygiene: a connection idle for `IDLE_S` is not reused (hypercorn closes idle ones
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import quote, urlsplit
@@ -135,11 +139,14 @@ def parse_target(url: str) -> Target | None:
 
 
 class _Stream:
-    """One request in flight on a connection."""
+    """One request in flight on a connection. A duplex one's `waiter` is done at the response's
+    head; its data waits in `chunks` for the reader."""
 
-    __slots__ = ("answered", "body", "headers", "id", "max_body_bytes", "size", "status", "waiter", "window")
+    __slots__ = ("answered", "body", "chunks", "duplex", "error", "headers", "id", "local_ended", "max_body_bytes",
+                 "reader", "remote_ended", "size", "status", "waiter", "window")
 
-    def __init__(self, stream_id: int, waiter: asyncio.Future[Response], max_body_bytes: int) -> None:
+    def __init__(self, stream_id: int, waiter: asyncio.Future[Response], max_body_bytes: int,
+                 duplex: bool = False) -> None:
         self.id = stream_id
         self.waiter = waiter
         self.window: asyncio.Future[None] | None = None  # set while the body waits for flow control
@@ -149,16 +156,29 @@ class _Stream:
         self.size = 0
         self.max_body_bytes = max_body_bytes
         self.answered = False  # some part of the response arrived
+        self.duplex = duplex
+        self.chunks: deque[tuple[bytes, int]] = deque()  # duplex: (data, flow-controlled length) not read yet
+        self.reader: asyncio.Future[None] | None = None  # duplex: set while a read waits
+        self.error: Exception | None = None  # duplex: why the stream failed
+        self.remote_ended = False  # duplex: the response ended
+        self.local_ended = False  # duplex: the request ended (END_STREAM sent, or reset)
 
     def fail(self, exc: Exception) -> None:
         if not self.waiter.done():
             self.waiter.set_exception(exc)
         if self.window is not None and not self.window.done():
             self.window.set_exception(exc)
+        if self.duplex and self.error is None:
+            self.error = exc
+            self.wake_reader()
 
     def wake(self) -> None:
         if self.window is not None and not self.window.done():
             self.window.set_result(None)
+
+    def wake_reader(self) -> None:
+        if self.reader is not None and not self.reader.done():
+            self.reader.set_result(None)
 
 
 class _Connection(asyncio.Protocol):
@@ -198,12 +218,13 @@ class _Connection(asyncio.Protocol):
         limit = min(MAX_CONCURRENT_STREAMS, self.h2.remote_settings.max_concurrent_streams)
         return len(self.streams) < limit
 
-    def open(self, request: Request, max_body_bytes: int) -> _Stream:
-        """Send the request's headers (and as much of its body as the windows allow)."""
+    def open(self, request: Request, max_body_bytes: int, duplex: bool = False) -> _Stream:
+        """Send the request's headers (and as much of its body as the windows allow); a duplex
+        stream's request stays open for `send`."""
         stream_id = self.h2.get_next_available_stream_id()
-        stream = _Stream(stream_id, asyncio.get_running_loop().create_future(), max_body_bytes)
+        stream = _Stream(stream_id, asyncio.get_running_loop().create_future(), max_body_bytes, duplex)
         try:
-            self.h2.send_headers(stream_id, request.headers, end_stream=not request.body)
+            self.h2.send_headers(stream_id, request.headers, end_stream=not request.body and not duplex)
         except h2.exceptions.TooManyStreamsError as e:
             raise Http2Error(f"no stream available: {e}", retryable=True) from None
         except h2.exceptions.ProtocolError as e:
@@ -213,7 +234,7 @@ class _Connection(asyncio.Protocol):
         if self.opened >= MAX_STREAMS_PER_CONNECTION:
             self.going_away = True  # retired: its streams finish, then it closes
             self._pool.forget(self)
-        if not request.body:
+        if not request.body or duplex:
             self._flush()  # else the body's first frames go out in the same write
         return stream
 
@@ -242,6 +263,58 @@ class _Connection(asyncio.Protocol):
                 return
         self._flush()
 
+    async def send_more(self, stream: _Stream, data: bytes) -> None:
+        """Part of a duplex request's body, in frames as the peer's windows allow (without ending
+        it). Raises what failed the stream, or Http2Error once the request or response ended."""
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data):
+            if stream.error is not None:
+                raise stream.error
+            if stream.local_ended or stream.remote_ended:
+                raise Http2Error("the stream has ended")
+            window = min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size)
+            if window <= 0:
+                self._flush()
+                stream.window = asyncio.get_running_loop().create_future()
+                await stream.window
+                stream.window = None
+                continue
+            chunk = bytes(view[offset:offset + window])
+            offset += len(chunk)
+            try:
+                self.h2.send_data(stream.id, chunk)
+            except h2.exceptions.ProtocolError as e:  # the stream was closed or reset meanwhile
+                stream.fail(Http2Error(f"cannot send the request body: {e}"))
+                raise cast(Exception, stream.error) from None
+        self._flush()
+
+    def end_request(self, stream: _Stream) -> None:
+        """END_STREAM on a duplex request (once; nothing once the stream failed)."""
+        if stream.local_ended:
+            return
+        stream.local_ended = True
+        if stream.error is None and not self.closed:
+            try:
+                self.h2.end_stream(stream.id)
+            except h2.exceptions.ProtocolError:
+                pass  # reset or closed meanwhile: there is nothing left to end
+            self._flush()
+        self._retire_duplex(stream)
+
+    def consumed(self, stream: _Stream, size: int) -> None:
+        """The reader took `size` flow-controlled bytes of a duplex response: the peer may send more."""
+        if size and not self.closed:
+            self.h2.acknowledge_received_data(size, stream.id)
+            self._flush()
+
+    def _retire_duplex(self, stream: _Stream) -> None:
+        """A duplex stream leaves the connection once both halves ended (or it failed)."""
+        if ((stream.local_ended and stream.remote_ended) or stream.error is not None) \
+                and self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+            self._finished_stream()
+
     def _cancel_upload(self, stream_id: int) -> None:
         if self.closed:
             return
@@ -253,7 +326,15 @@ class _Connection(asyncio.Protocol):
 
     def reset(self, stream: _Stream) -> None:
         """Give up a stream (timed out, cancelled): RST_STREAM CANCEL, the connection lives on."""
+        if stream.duplex:
+            stream.local_ended = True
+            unread = sum(size for _, size in stream.chunks)
+            stream.chunks.clear()
+            stream.fail(Http2Error("the stream was reset"))
+            if unread and not self.closed:
+                self.h2.acknowledge_received_data(unread, stream.id)  # the connection's window comes back
         if self.streams.pop(stream.id, None) is None or self.closed:
+            self._flush()
             return
         try:
             self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
@@ -283,6 +364,11 @@ class _Connection(asyncio.Protocol):
     def _event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id) if event.stream_id else None
+            if stream is not None and stream.duplex:
+                stream.answered = True
+                stream.chunks.append((event.data, event.flow_controlled_length))
+                stream.wake_reader()
+                return
             if event.flow_controlled_length:
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if stream is not None:
@@ -299,9 +385,18 @@ class _Connection(asyncio.Protocol):
                     stream.headers[bytes(name).decode("latin-1")] = bytes(value).decode("latin-1")
                 status = stream.headers.pop(":status", "")
                 stream.status = int(status) if status.isdigit() else 0
+                if stream.duplex and not stream.waiter.done():
+                    stream.waiter.set_result(Response(stream.status, stream.headers, b""))
         elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.duplex:
+                if stream.status == 0:
+                    stream.fail(Http2Error("the stream ended without a response"))
+                stream.remote_ended = True
+                stream.wake_reader()
+                self._retire_duplex(stream)
+            elif stream is not None:
+                del self.streams[event.stream_id]
                 self._end_stream(stream, None)
                 self._finished_stream()
         elif isinstance(event, h2.events.StreamReset):
@@ -464,6 +559,26 @@ class H2Pool:
         future.set_result(conn)
         return conn
 
+    async def open(self, host: str, port: int, request: Request, connect_timeout_s: float) -> Duplex:
+        """Open a duplex stream: `request`'s headers (and its body, when it has one) go out, the
+        request stays open. Raises TimeoutError (connecting), OSError (connection), Http2Error.
+        Not retried on another connection: what fails later fails the stream (`Duplex`)."""
+        key = (host, port)
+        conn = self._pick(key)
+        if conn is None:
+            conn = await self._connect(key, connect_timeout_s)
+        if request.body:  # the body goes on past this first piece: its length is not known
+            request = Request([h for h in request.headers if h[0] != b"content-length"], request.body)
+        stream = conn.open(request, 1 << 62, duplex=True)
+        duplex = Duplex(conn, stream)
+        if request.body:
+            try:
+                await conn.send_more(stream, request.body)
+            except BaseException:
+                duplex.reset()
+                raise
+        return duplex
+
     async def _exchange(self, conn: _Connection, request: Request, deadline: float,
                         max_body_bytes: int) -> Response:
         loop = asyncio.get_running_loop()
@@ -495,6 +610,69 @@ class H2Pool:
             conn.abort()
         self._all.clear()
         self._conns.clear()
+
+
+class Duplex:
+    """A request whose body is sent piece by piece (`send`, then `end`) while its response is read
+    piece by piece (`response` for the head, then `read`). One sender and one reader at a time;
+    `reset` gives it up from either side. Failures (a reset by the peer, the connection lost)
+    raise Http2Error from whichever call comes next."""
+
+    __slots__ = ("_conn", "_stream")
+
+    def __init__(self, conn: _Connection, stream: _Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+
+    async def response(self) -> Response:
+        """The response's status and headers (its `body` is empty: the data comes from `read`)."""
+        return await asyncio.shield(self._stream.waiter)
+
+    async def send(self, data: bytes) -> None:
+        """Send `data` on the request, as the peer's windows allow."""
+        if data:
+            await self._conn.send_more(self._stream, data)
+
+    def end(self) -> None:
+        """End the request (END_STREAM); the response goes on. Idempotent."""
+        self._conn.end_request(self._stream)
+
+    async def read(self) -> bytes:
+        """The next piece of the response's body; b"" once it has ended."""
+        stream = self._stream
+        while True:
+            if stream.chunks:
+                data, size = stream.chunks.popleft()
+                self._conn.consumed(stream, size)
+                if data:
+                    return data
+                continue
+            if stream.error is not None:
+                self._retrieved()
+                raise stream.error
+            if stream.remote_ended:
+                return b""
+            stream.reader = asyncio.get_running_loop().create_future()
+            try:
+                await stream.reader
+            finally:
+                stream.reader = None
+
+    @property
+    def ended(self) -> bool:
+        """The response has ended (everything of it may not be read yet)."""
+        return self._stream.remote_ended
+
+    def reset(self) -> None:
+        """Give the stream up (RST_STREAM CANCEL); the connection lives on. Idempotent."""
+        self._conn.reset(self._stream)
+        self._retrieved()
+
+    def _retrieved(self) -> None:
+        """A head that failed counts as seen (nobody may ask for it once the stream failed)."""
+        waiter = self._stream.waiter
+        if waiter.done() and not waiter.cancelled():
+            waiter.exception()
 
 
 def _expire(stream: _Stream) -> None:

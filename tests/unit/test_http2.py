@@ -358,3 +358,211 @@ def test_the_pool_works_under_uvloop() -> None:
         return resp.body
 
     assert uvloop.run(main()) == b"uv" * 40_000
+
+
+# ---- duplex streams (a bidirectional attempt's transport) ---------------------------------------
+
+def _upper_app() -> Callable[..., Awaitable[None]]:
+    """Answers at once and then echoes each piece of the request, upper-cased, as it arrives; ends
+    its response when the request ends (as an SDK in bidirectional mode does)."""
+    async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"x/upper")]})
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            if message.get("body"):
+                await send({"type": "http.response.body", "body": message["body"].upper(), "more_body": True})
+            if not message.get("more_body"):
+                await send({"type": "http.response.body", "body": b""})
+                return
+
+    return app
+
+
+@pytest.fixture
+async def upper_server() -> AsyncIterator[int]:
+    port = _free_port()
+    config = Config()
+    config.bind = [f"{HOST}:{port}"]
+    config.accesslog = config.errorlog = None
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(_upper_app(), config, shutdown_trigger=stop.wait))
+    try:
+        with contextlib.closing(H2Pool()) as pool:
+            for _ in range(200):  # until it listens
+                try:
+                    await pool.request(HOST, port, _request(), 2, 2)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.02)
+        yield port
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _read_exactly(duplex: http2.Duplex, size: int) -> bytes:
+    got = b""
+    while len(got) < size:
+        piece = await asyncio.wait_for(duplex.read(), 5)
+        assert piece, f"the response ended after {len(got)} of {size} bytes"
+        got += piece
+    return got
+
+
+async def test_a_duplex_stream_answers_each_piece_before_the_request_ends(upper_server: int) -> None:
+    with contextlib.closing(H2Pool()) as pool:
+        duplex = await pool.open(HOST, upper_server, _request(b""), 2)
+        head = await asyncio.wait_for(duplex.response(), 5)
+        assert head.status == 200 and head.headers["content-type"] == "x/upper"
+        await duplex.send(b"ping")
+        assert await _read_exactly(duplex, 4) == b"PING"  # answered while the request is still open
+        await duplex.send(b"two")
+        assert await _read_exactly(duplex, 3) == b"TWO"
+        duplex.end()
+        duplex.end()  # idempotent
+        assert await asyncio.wait_for(duplex.read(), 5) == b""
+        assert duplex.ended
+        with pytest.raises(Http2Error, match="ended"):
+            await duplex.send(b"late")
+        # both halves ended: the stream left the connection, which serves the next request
+        conns = [c for cs in pool._conns.values() for c in cs]
+        assert len(conns) == 1 and not conns[0].streams
+        resp = await pool.request(HOST, upper_server, _request(b"rr"), 5, 2)
+        assert resp.body == b"RR"
+
+
+async def test_a_duplex_stream_carries_large_pieces_both_ways(upper_server: int) -> None:
+    """hypercorn grants 65,535-byte windows: a 300 KB piece waits for its window updates while the
+    reader takes the answer, which crosses our own windows' acknowledgements."""
+    with contextlib.closing(H2Pool()) as pool:
+        duplex = await pool.open(HOST, upper_server, _request(b"first:"), 2)
+        piece = bytes(range(97, 123)) * 12_000
+        reader = asyncio.ensure_future(_read_exactly(duplex, 6 + len(piece)))
+        await asyncio.wait_for(duplex.send(piece), 10)
+        assert await asyncio.wait_for(reader, 10) == b"FIRST:" + piece.upper()
+        duplex.end()
+        assert await asyncio.wait_for(duplex.read(), 5) == b""
+
+
+async def _duplex_server(on_event: Callable[[h2.connection.H2Connection, h2.events.Event], None]
+                         ) -> tuple[asyncio.Server, int]:
+    """A raw h2 server handing every event to `on_event`, which answers through the connection."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    on_event(conn, event)
+                writer.write(conn.data_to_send())
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_duplex_reader_that_falls_behind_holds_the_peer_back() -> None:
+    """Data a duplex reader has not taken is not acknowledged: the server can send one stream
+    window and no more until the reader reads; then the rest arrives."""
+    window = http2.STREAM_WINDOW_BYTES
+    total = window + 100_000
+    sent = {"bytes": 0, "started": 0}
+
+    def push(conn: h2.connection.H2Connection, stream_id: int) -> None:
+        while sent["started"] and sent["bytes"] < total:
+            room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size, total - sent["bytes"])
+            if room <= 0:
+                return
+            conn.send_data(stream_id, b"d" * room)
+            sent["bytes"] += room
+
+    def on_event(conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived) and event.stream_id == 1:
+            conn.send_headers(1, [(":status", "200")])
+            sent["started"] = 1
+            push(conn, 1)
+        elif isinstance(event, h2.events.WindowUpdated) and event.stream_id in (0, 1):
+            push(conn, 1)
+        elif isinstance(event, h2.events.StreamEnded) and event.stream_id != 1:
+            respond(conn, event.stream_id, b"pong")
+
+    server, port = await _duplex_server(on_event)
+    try:
+        with contextlib.closing(H2Pool()) as pool:
+            duplex = await pool.open(HOST, port, _request(b""), 2)
+            await asyncio.wait_for(duplex.response(), 5)
+            stream = duplex._stream
+            while sum(len(d) for d, _ in stream.chunks) < window:  # the first window arrives unread
+                stream.reader = asyncio.get_running_loop().create_future()
+                await asyncio.wait_for(stream.reader, 5)
+                stream.reader = None
+            # a full round trip on the same connection: any acknowledgement would have let more through
+            assert (await pool.request(HOST, port, _request(b"ping"), 5, 2)).body == b"pong"
+            assert sum(len(d) for d, _ in stream.chunks) == window == sent["bytes"]
+            assert await _read_exactly(duplex, total) == b"d" * total  # reading lets the rest come
+    finally:
+        server.close()
+
+
+async def test_a_duplex_stream_the_peer_resets_fails_its_reader_and_sender() -> None:
+    def on_event(conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived) and event.stream_id == 1:
+            conn.send_headers(1, [(":status", "200")])
+            conn.send_data(1, b"partial")
+        elif isinstance(event, h2.events.DataReceived) and event.stream_id == 1:
+            conn.acknowledge_received_data(event.flow_controlled_length, 1)
+            conn.reset_stream(1, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif isinstance(event, h2.events.StreamEnded) and event.stream_id != 1:
+            respond(conn, event.stream_id, b"still here")
+
+    server, port = await _duplex_server(on_event)
+    try:
+        with contextlib.closing(H2Pool()) as pool:
+            duplex = await pool.open(HOST, port, _request(b""), 2)
+            assert await asyncio.wait_for(duplex.read(), 5) == b"partial"
+            await duplex.send(b"x")
+            with pytest.raises(Http2Error, match="INTERNAL_ERROR"):
+                await asyncio.wait_for(duplex.read(), 5)
+            with pytest.raises(Http2Error, match="INTERNAL_ERROR"):
+                await duplex.send(b"y")
+            duplex.reset()  # harmless after the peer's reset
+            assert (await pool.request(HOST, port, _request(), 5, 2)).body == b"still here"
+    finally:
+        server.close()
+
+
+async def test_resetting_a_duplex_stream_frees_its_slot_and_tells_the_peer() -> None:
+    resets: list[int] = []
+    got_reset = asyncio.Event()
+
+    def on_event(conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived) and event.stream_id == 1:
+            conn.send_headers(1, [(":status", "200")])
+            conn.send_data(1, b"unread")
+        elif isinstance(event, h2.events.StreamReset):
+            resets.append(event.stream_id)
+            got_reset.set()
+
+    server, port = await _duplex_server(on_event)
+    try:
+        with contextlib.closing(H2Pool()) as pool:
+            duplex = await pool.open(HOST, port, _request(b"hello"), 2)
+            await asyncio.wait_for(duplex.response(), 5)
+            duplex.reset()
+            await asyncio.wait_for(got_reset.wait(), 5)
+            assert resets == [1]
+            conns = [c for cs in pool._conns.values() for c in cs]
+            assert len(conns) == 1 and not conns[0].streams
+            with pytest.raises(Http2Error, match="reset"):
+                await duplex.read()
+    finally:
+        server.close()
