@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from shardgate import redisconn
 from shardgate.envconfig import ConfigError, env_bool, env_float, env_int, env_str, mask_url
 
+BIDI_MODES = ("auto", "always", "off")
+
 
 @dataclass(frozen=True)
 class PartitionConfig:
@@ -60,6 +62,11 @@ class PartitionConfig:
     max_protocol_version: int = 6
     """Highest service-protocol version offered to deployments: 6 (Restate 1.7's default) or 7
     (SHARDGATE_MAX_PROTOCOL_VERSION)."""
+    bidi: str = "auto"
+    """Bidirectional attempts to deployments that stream (h2c, BIDI_STREAM), where a `ctx.run` or
+    a lazy state read goes on in the same attempt (`partition/bidi.py`): `auto` streams the
+    attempts of deployments reached over h2c anyway, and of handlers seen to go on at once;
+    `always` every attempt to such a deployment; `off` none (SHARDGATE_BIDI)."""
     request_identity_key_file: str | None = None
     """Ed25519 PKCS#8 PEM signing every request to deployments; unset = unsigned
     (SHARDGATE_REQUEST_IDENTITY_KEY_FILE)."""
@@ -94,6 +101,7 @@ class PartitionConfig:
             redis_wait_timeout_ms=env_int(env, "REDIS_WAIT_TIMEOUT_MS", cls.redis_wait_timeout_ms, minimum=1),
             drain_grace_s=env_float(env, "DRAIN_GRACE_S", cls.drain_grace_s),
             max_protocol_version=_protocol_version(env_int(env, "MAX_PROTOCOL_VERSION", cls.max_protocol_version)),
+            bidi=_bidi_mode(env_str(env, "BIDI", cls.bidi)),
             request_identity_key_file=env_str(env, "REQUEST_IDENTITY_KEY_FILE", "") or None,
             log_level=env_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_json=env_bool(env, "LOG_JSON", cls.log_json),
@@ -105,6 +113,13 @@ class PartitionConfig:
             f"partitions={self.partitions}, grpc={self.bind_host}:{self.grpc_port}, "
             f"metrics_port={self.metrics_port}, lease_ttl_ms={self.lease_ttl_ms})"
         )
+
+
+def _bidi_mode(v: str) -> str:
+    mode = v.strip().lower()
+    if mode not in BIDI_MODES:
+        raise ConfigError(f"SHARDGATE_BIDI must be one of {', '.join(BIDI_MODES)}, not {v!r}")
+    return mode
 
 
 def _protocol_version(v: int) -> int:

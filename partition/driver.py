@@ -21,8 +21,10 @@ from typing import Protocol
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from partition.bidi import AttemptStopped, BidiAttempt
 from partition.effects import (
     AttemptPlan,
+    AttemptPlanner,
     PlanContext,
     PlanError,
     count_commands,
@@ -53,6 +55,8 @@ MAX_LOADING = 64
 holds a pooled Redis connection, and a flood of them (a sweep after a failover with a backlog)
 must leave the pool to the lease renewals and the attempts' transitions."""
 MAX_FAILURE_MESSAGE = 2000
+MAX_STREAMING_HANDLERS = 4096
+"""(deployment, service, handler) whose attempts were seen to go on at once, remembered per worker."""
 # Restate's InvokerError::UnknownDeployment (RT0011): the attempt backs off and is retried.
 PINNED_DEPLOYMENT_GONE = (
     "the invocation has a deployment id associated, but it was not found in the registry. This might indicate "
@@ -204,6 +208,9 @@ class Driver:
         self._holds: dict[int, asyncio.Event] = {}  # partitions being handed over: no new step
         self._busy: dict[int, int] = {}  # partition -> steps between an attempt's start and its transition
         self._idle: dict[int, asyncio.Event] = {}  # partition -> set while none runs
+        self._streaming: set[tuple[str, str, str]] = set()  # see _learn_streaming
+        self.bidi = "auto"
+        """Which attempts are bidirectional (`PartitionConfig.bidi`: auto, always, off)."""
         self.leases: LeaseCheck | None = None
         """The worker's `Ownership`: right before an attempt is sent to the deployment, its lease
         must hold by this worker's clock (None: not checked, as in tests without ownership)."""
@@ -327,7 +334,12 @@ class Driver:
 
     async def _attempt_and_transition(self, lead: Lead, run: Run) -> bool:
         snapshot: SchemaSnapshot = self._schema()
-        plan, failure = await self._attempt(run, snapshot)
+        try:
+            plan, failure = await self._attempt(lead, run, snapshot)
+        except AttemptStopped:
+            self._ignored(run.target, Applied(ApplyOutcome.BAD_STATE))
+            await self.answer_from_storage(lead, run.target)
+            return False
         if plan is None or plan.terminal is TerminalKind.ERROR:
             return await self._fail(lead, run, snapshot, plan, failure)
         new_att = 0 if plan.grew else run.record.attempts
@@ -342,6 +354,8 @@ class Driver:
             self._completed(lead, run, plan.result, applied)
             return False
         if applied.outcome is ApplyOutcome.RESUME:
+            if plan.grew and run.attempt_pin is None and run.record.pinned_deployment_id is not None:
+                self._learn_streaming(run)
             return await self._resumed(lead, run, snapshot, plan, applied, replayed, new_att)
         if applied.outcome is ApplyOutcome.BAD_STATE:
             self._ignored(t, applied)
@@ -416,8 +430,32 @@ class Driver:
         for woken in applied.woken:
             lead.resume(woken)
 
-    async def _attempt(self, run: Run, snapshot: SchemaSnapshot) -> tuple[AttemptPlan | None, str]:
-        """Run one attempt and plan its transition; (None, reason) when it failed before any plan."""
+    def _learn_streaming(self, run: Run) -> None:
+        """A request-response attempt stored entries and could go on at once (it proposed a run's
+        result, read lazy state ...): this handler's next attempts on its deployment stream, if
+        the deployment can."""
+        key = (run.record.pinned_deployment_id or "", run.target.service, run.record.handler)
+        if key not in self._streaming:
+            if len(self._streaming) >= MAX_STREAMING_HANDLERS:
+                self._streaming.clear()
+            self._streaming.add(key)
+
+    def _streams(self, deployment: Deployment, run: Run, meta: ServiceMeta) -> bool:
+        """Whether the next attempt is bidirectional (`partition/bidi.py`): the deployment streams
+        (h2c, BIDI_STREAM), the handler has an inactivity timeout, and either the deployment's
+        attempts go over h2c anyway or this handler's attempts were seen to go on at once (`auto`),
+        or always (`always`)."""
+        if self.bidi == "off" or not self._invoker.streams_to(deployment):
+            return False
+        if effective_settings(meta, meta.handlers.get(run.record.handler)).inactivity_timeout_ms <= 0:
+            return False  # Restate too falls back to request-response then
+        if self.bidi == "always" or not self._invoker.prefers_http1(deployment):
+            return True
+        return (deployment.id, run.target.service, run.record.handler) in self._streaming
+
+    async def _attempt(self, lead: Lead, run: Run, snapshot: SchemaSnapshot) -> tuple[AttemptPlan | None, str]:
+        """Run one attempt and plan its transition; (None, reason) when it failed before any plan.
+        Raises Fenced, and AttemptStopped (a bidirectional attempt found it no longer invoked)."""
         t = run.target
         meta = snapshot.services.get(t.service)
         if meta is None:
@@ -426,6 +464,7 @@ class Driver:
         if deployment is None:
             return None, reason
         inp = _attempt_input(run, meta, self._clock.now_ms())
+        streaming = self._streams(deployment, run, meta)
         async with self._slots:
             # A freeze (SIGSTOP, a VM pause) may have outlived the lease, and another worker may
             # drive this invocation now: send nothing until a renewal confirms the lease.
@@ -434,12 +473,27 @@ class Driver:
                 raise Fenced(t.partition)
             IN_FLIGHT.inc()
             try:
+                if streaming:
+                    return await self._stream(lead, run, snapshot, deployment, inp)
                 frames = await self._invoker.attempt(deployment, inp)
             except DeploymentError as e:
                 return None, str(e)
             finally:
                 IN_FLIGHT.dec()
         return self._plan(run, snapshot, frames)
+
+    async def _stream(self, lead: Lead, run: Run, snapshot: SchemaSnapshot, deployment: Deployment,
+                      inp: AttemptInput) -> tuple[AttemptPlan | None, str]:
+        """A bidirectional attempt: its appends update `run`; the terminal's part is planned."""
+        ctx = self._plan_context(run, snapshot)
+        leases, p = self.leases, run.target.partition
+        attempt = BidiAttempt(self._scripts, self._clock, run, AttemptPlanner(ctx), lead,
+                              (lambda: leases.lease_valid(p)) if leases is not None else (lambda: True),
+                              inp.attempt_timeout_s)
+        outcome = await attempt.run(lambda: self._invoker.open_stream(deployment, inp))
+        if outcome.plan is not None and outcome.plan.terminal is not TerminalKind.ERROR:
+            run.state = ctx.state
+        return outcome.plan, outcome.failure
 
     def _deployment(self, run: Run, meta: ServiceMeta, snapshot: SchemaSnapshot) -> tuple[Deployment | None, str]:
         """Where the next attempt goes (Restate's invoker): the pinned deployment even when a newer
@@ -462,14 +516,7 @@ class Driver:
 
     def _plan(self, run: Run, snapshot: SchemaSnapshot, frames: list[Frame]) -> tuple[AttemptPlan | None, str]:
         """Plan an attempt's frames into one transition; keeps the state it wrote unless it failed."""
-        t = run.target
-        ctx = PlanContext(
-            invocation_id=t.invocation_id, partition=t.partition, partitions=self._partitions,
-            kind=run.record.kind, service=t.service, key=t.key, state=dict(run.state),
-            commands_before=1 + count_commands(run.journal), now_ms=self._clock.now_ms(), schema=snapshot,
-            journal_kept=bool(run.record.journal_retention_ms) and run.record.completion_retention_ms > 0,
-            scope=t.scope,
-        )
+        ctx = self._plan_context(run, snapshot)
         try:
             plan = plan_attempt(frames, ctx)
         except PlanError as e:
@@ -477,6 +524,16 @@ class Driver:
         if plan.terminal is not TerminalKind.ERROR:
             run.state = ctx.state
         return plan, ""
+
+    def _plan_context(self, run: Run, snapshot: SchemaSnapshot) -> PlanContext:
+        t = run.target
+        return PlanContext(
+            invocation_id=t.invocation_id, partition=t.partition, partitions=self._partitions,
+            kind=run.record.kind, service=t.service, key=t.key, state=dict(run.state),
+            commands_before=1 + count_commands(run.journal), now_ms=self._clock.now_ms(), schema=snapshot,
+            journal_kept=bool(run.record.journal_retention_ms) and run.record.completion_retention_ms > 0,
+            scope=t.scope,
+        )
 
     async def _fail(self, lead: Lead, run: Run, snapshot: SchemaSnapshot, plan: AttemptPlan | None,
                     reason: str) -> bool:

@@ -11,6 +11,10 @@ request-response either way, and this client costs half the CPU); else over h2c 
 `shardgate.http2` (one stream per attempt, the body sent with END_STREAM). A deployment of the
 third kind whose HTTP/1.1 answers stop being HTTP/1.1 (replaced by an h2c-only server at the same
 address) is reached over h2c from the next attempt on. `https://` deployments go through aiohttp.
+
+A bidirectional attempt (`open_stream`, driven by `partition/bidi.py`) goes over h2c to a
+deployment that said BIDI_STREAM: the same Start, Input and journal, but the request stays open
+and the SDK's frames are read as they come (`AttemptStream`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ from shardgate.sharding import InvocationId
 MIN_PROTOCOL_VERSION = 5
 DEFAULT_MAX_PROTOCOL_VERSION = 6  # what a stock Restate 1.7 negotiates; 7 is opt-in
 MAX_CACHED_URLS = 4096
-_HTTP1_ATTEMPTS, _H2C_ATTEMPTS, _HTTPS_ATTEMPTS = (DEPLOYMENT_ATTEMPTS.labels(t) for t in ("http1", "h2c", "https"))
+DRAIN_S = 5.0
+"""How long a bidirectional attempt's stream may take to end its response after the terminal
+frame (Restate's drain); then it is reset."""
+_HTTP1_ATTEMPTS, _H2C_ATTEMPTS, _HTTPS_ATTEMPTS, _BIDI_ATTEMPTS = (
+    DEPLOYMENT_ATTEMPTS.labels(t) for t in ("http1", "h2c", "https", "h2c_bidi"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +122,46 @@ class Invoker:
 
     async def attempt(self, deployment: Deployment, inp: AttemptInput) -> list[Frame]:
         """Run one attempt; returns the SDK's frames. Raises DeploymentError (retryable)."""
+        path, ct, headers, body = self._request(deployment, inp)
+        preferred = deployment.http_11_attempts and deployment.id not in self._h2c_only
+        opts = PostOptions(inp.attempt_timeout_s, self._connect_timeout_s, deployment.use_http_11 or preferred)
+        try:
+            data = await self._post(deployment.uri.rstrip("/") + path, body, headers, ct, opts)
+        except DeploymentError as e:
+            if preferred and isinstance(e.__cause__, Http1Error):
+                self._h2c_only.add(deployment.id)  # the retry goes over h2c, as registered
+            raise
+        return decode_response(data)
+
+    def streams_to(self, deployment: Deployment) -> bool:
+        """Whether attempts to `deployment` can be bidirectional: registered for h2c (not
+        `use_http_11`), a plain `http://` URL, and it said BIDI_STREAM."""
+        return (not deployment.use_http_11 and deployment.protocol_mode == "BIDI_STREAM"
+                and self._http_target(deployment.uri) is not None)
+
+    def prefers_http1(self, deployment: Deployment) -> bool:
+        """Whether its request-response attempts take the HTTP/1.1 client (decision 39)."""
+        return deployment.use_http_11 or (deployment.http_11_attempts and deployment.id not in self._h2c_only)
+
+    async def open_stream(self, deployment: Deployment, inp: AttemptInput) -> AttemptStream:
+        """Open a bidirectional attempt's h2c stream; its `start` sends Start, Input and the
+        journal, and the request stays open. Raises DeploymentError (retryable)."""
+        path, ct, headers, body = self._request(deployment, inp)
+        url = deployment.uri.rstrip("/") + path
+        target = self._http_target(url)
+        if target is None:
+            raise DeploymentError(f"a bidirectional attempt needs an http:// deployment, not {deployment.uri}")
+        _BIDI_ATTEMPTS.inc()
+        request = http2.encode_request("POST", target.authority, target.path, headers, b"")
+        try:
+            duplex = await self._http2.open(target.host, target.port, request, self._connect_timeout_s)
+        except (TimeoutError, OSError, http2.Http2Error) as e:
+            DEPLOYMENT_ERRORS.labels("transport").inc()
+            raise DeploymentError(f"cannot reach deployment at {url}: {type(e).__name__}: {e}") from e
+        return AttemptStream(duplex, url, ct, body)
+
+    def _request(self, deployment: Deployment, inp: AttemptInput) -> tuple[str, str, dict[str, str], bytes]:
+        """An attempt's path, content type, headers and body (Start, Input, the journal)."""
         version = negotiate(deployment, self.max_protocol_version, inp.protocol_version)
         ct = protocol.content_type(version)
         inv = InvocationId.parse(inp.invocation_id)
@@ -128,16 +176,7 @@ class Invoker:
         headers.update(deployment.additional_headers)
         if self._signer is not None:
             headers.update(self._signer.headers(path))
-        body = b"".join((start, inp.input_frame, *inp.journal))
-        preferred = deployment.http_11_attempts and deployment.id not in self._h2c_only
-        opts = PostOptions(inp.attempt_timeout_s, self._connect_timeout_s, deployment.use_http_11 or preferred)
-        try:
-            data = await self._post(deployment.uri.rstrip("/") + path, body, headers, ct, opts)
-        except DeploymentError as e:
-            if preferred and isinstance(e.__cause__, Http1Error):
-                self._h2c_only.add(deployment.id)  # the retry goes over h2c, as registered
-            raise
-        return decode_response(data)
+        return path, ct, headers, b"".join((start, inp.input_frame, *inp.journal))
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str], ct: str, opts: PostOptions) -> bytes:
         """POST `body` to `url`; the response body. Raises DeploymentError (transport, status,
@@ -199,3 +238,74 @@ class Invoker:
             self._targets.clear()
         target = self._targets[url] = http2.parse_target(url)
         return target
+
+
+class AttemptStream:
+    """The deployment's side of a bidirectional attempt: `head` checks the response's status and
+    content type, `frames` gives the SDK's frames as they arrive, `send` writes frames to it, `end`
+    closes the request (the SDK then suspends once it waits), `reset` gives the stream up. Every
+    failure raises DeploymentError (retryable)."""
+
+    __slots__ = ("_body", "_ct", "_decoder", "_duplex", "_url")
+
+    def __init__(self, duplex: http2.Duplex, url: str, ct: str, body: bytes) -> None:
+        self._duplex = duplex
+        self._url = url
+        self._ct = ct
+        self._body = body
+        self._decoder = protocol.FrameDecoder(None)
+
+    async def start(self) -> None:
+        """Send Start, Input and the journal (the request stays open)."""
+        body, self._body = self._body, b""
+        await self.send(body)
+
+    async def head(self) -> None:
+        try:
+            resp = await self._duplex.response()
+        except http2.Http2Error as e:
+            DEPLOYMENT_ERRORS.labels("transport").inc()
+            raise DeploymentError(f"cannot reach deployment at {self._url}: {e}") from e
+        if resp.status != 200:
+            DEPLOYMENT_ERRORS.labels("http_status").inc()
+            raise DeploymentError(f"deployment answered HTTP {resp.status} for {self._url}")
+        got = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        if got != self._ct:
+            DEPLOYMENT_ERRORS.labels("protocol").inc()
+            raise DeploymentError(f"deployment answered content-type {got!r}, expected {self._ct!r}")
+
+    async def frames(self) -> list[Frame] | None:
+        """The frames completed by the next piece of the response (maybe none); None once it ended."""
+        try:
+            data = await self._duplex.read()
+            if not data:
+                self._decoder.close()
+                return None
+            return self._decoder.feed(data)
+        except http2.Http2Error as e:
+            DEPLOYMENT_ERRORS.labels("transport").inc()
+            raise DeploymentError(f"the stream to {self._url} failed: {e}") from e
+        except protocol.ProtocolError as e:
+            DEPLOYMENT_ERRORS.labels("protocol").inc()
+            raise DeploymentError(f"protocol violation: {e}") from e
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self._duplex.send(data)
+        except http2.Http2Error as e:
+            DEPLOYMENT_ERRORS.labels("transport").inc()
+            raise DeploymentError(f"the stream to {self._url} failed: {e}") from e
+
+    def end(self) -> None:
+        self._duplex.end()
+
+    def discard(self) -> None:
+        """Drop the rest of the response (the attempt has what it needs); see `Duplex.discard`."""
+        self._duplex.discard(DRAIN_S)
+
+    @property
+    def ended(self) -> bool:
+        return self._duplex.ended
+
+    def reset(self) -> None:
+        self._duplex.reset()

@@ -100,6 +100,10 @@ class PartitionService:
         self._schedule_changes = ScheduleChanges(redis, self._poke_schedules, clock)
 
     # ---- ownership callbacks -----------------------------------------------------------------
+    def stream_attempts(self, mode: str) -> None:
+        """Which attempts are bidirectional where the deployment streams (`PartitionConfig.bidi`)."""
+        self._driver.bidi = mode
+
     def check_leases(self, leases: LeaseCheck) -> None:
         """Send no attempt to a deployment on a partition whose lease ran out by this worker's
         clock (`Ownership.lease_valid`) until a renewal confirms it, e.g. right after a freeze."""

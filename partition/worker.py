@@ -69,6 +69,7 @@ class Worker:
                                         config.partitions, config.max_concurrent_invocations,
                                         RemoteDelivery(self.router).deliver, clock,
                                         ready=config.ready_invocations, max_backlog=config.max_backlog_invocations)
+        self.service.stream_attempts(config.bidi)
         self.grpc = grpc.aio.server(options=server_options())
         pb_grpc.add_PartitionServiceServicer_to_server(PartitionServicer(self.service), self.grpc)
         self.ownership: Ownership | None = None

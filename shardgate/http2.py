@@ -142,7 +142,7 @@ class _Stream:
     """One request in flight on a connection. A duplex one's `waiter` is done at the response's
     head; its data waits in `chunks` for the reader."""
 
-    __slots__ = ("answered", "body", "chunks", "duplex", "error", "headers", "id", "local_ended", "max_body_bytes",
+    __slots__ = ("answered", "body", "chunks", "discarding", "duplex", "error", "headers", "id", "local_ended", "max_body_bytes",
                  "reader", "remote_ended", "size", "status", "waiter", "window")
 
     def __init__(self, stream_id: int, waiter: asyncio.Future[Response], max_body_bytes: int,
@@ -162,6 +162,7 @@ class _Stream:
         self.error: Exception | None = None  # duplex: why the stream failed
         self.remote_ended = False  # duplex: the response ended
         self.local_ended = False  # duplex: the request ended (END_STREAM sent, or reset)
+        self.discarding = False  # duplex: nobody reads any more; data is acknowledged and dropped
 
     def fail(self, exc: Exception) -> None:
         if not self.waiter.done():
@@ -366,6 +367,10 @@ class _Connection(asyncio.Protocol):
             stream = self.streams.get(event.stream_id) if event.stream_id else None
             if stream is not None and stream.duplex:
                 stream.answered = True
+                if stream.discarding:
+                    if event.flow_controlled_length:
+                        self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    return
                 stream.chunks.append((event.data, event.flow_controlled_length))
                 stream.wake_reader()
                 return
@@ -667,6 +672,25 @@ class Duplex:
         """Give the stream up (RST_STREAM CANCEL); the connection lives on. Idempotent."""
         self._conn.reset(self._stream)
         self._retrieved()
+
+    def discard(self, grace_s: float) -> None:
+        """End the request and drop the rest of the response without a reader: what arrives is
+        acknowledged and thrown away, and the stream leaves its connection when the response ends,
+        or is reset after `grace_s`. Nothing may be read or sent after this."""
+        stream = self._stream
+        self.end()
+        self._retrieved()
+        if stream.error is not None or stream.remote_ended:
+            return
+        unread = sum(size for _, size in stream.chunks)
+        stream.chunks.clear()
+        stream.discarding = True
+        self._conn.consumed(stream, unread)
+        asyncio.get_running_loop().call_later(grace_s, self._overdue)
+
+    def _overdue(self) -> None:
+        if self._stream.error is None and not self._stream.remote_ended:
+            self._conn.reset(self._stream)
 
     def _retrieved(self) -> None:
         """A head that failed counts as seen (nobody may ask for it once the stream failed)."""

@@ -56,8 +56,8 @@ ALL_SERVERS = ("shardgate", "baseline", "restate")  # the order of a table's col
 SERVER_TITLES = {"shardgate": "shardgate (2 workers, 1 ingress, Redis)", "restate": f"Restate {RESTATE_VERSION}"}
 DEPLOYMENT_TITLES = {"ts": "TypeScript SDK deployment (node)", "py": "Python SDK deployment (hypercorn)"}
 TRANSPORT_TITLES = {"http1": "registered with use_http_11: HTTP/1.1 request-response",
-                    "h2c": "registered for h2c: shardgate request-response over h2c, Restate bidirectional "
-                           "where the SDK says BIDI_STREAM"}
+                    "h2c": "registered for h2c: both bidirectional where the SDK says BIDI_STREAM (shardgate: "
+                           "SHARDGATE_BIDI=auto, decision 41)"}
 
 START_TIMEOUT_S = 90.0
 REGISTER_TIMEOUT_S = 60.0
@@ -237,13 +237,13 @@ def _latency_cell(results: Sequence[RoundResult]) -> str:
 
 
 def _rows_for(scenario: str, by_server: Mapping[str, Sequence[RoundResult]],
-              servers: Sequence[str] = SERVERS) -> list[tuple[str, list[str]]]:
+              servers: Sequence[str] = SERVERS, target: str = TARGET) -> list[tuple[str, list[str]]]:
     """(label, one cell per server) rows of one scenario."""
     def cells(fn: Callable[[Sequence[RoundResult]], str]) -> list[str]:
         return [fn(by_server.get(s, [])) for s in servers]
 
     if scenario == "call":
-        rows = [(f"call {TARGET}", cells(lambda rs: format_range([r.rps for r in rs], "req/s")))]
+        rows = [(f"call {target}", cells(lambda rs: format_range([r.rps for r in rs], "req/s")))]
     else:
         rows = [("send, accepted", cells(lambda rs: format_range([r.rps for r in rs], "/s"))),
                 ("send, executed (accepted / (bench + drain))",
@@ -283,7 +283,7 @@ def format_table(results: Sequence[RoundResult], settings: Mapping[str, Any]) ->
             for r in mine:
                 if r.scenario == scenario:
                     by_server.setdefault(r.server, []).append(r)
-            for label, cells in _rows_for(scenario, by_server, servers):
+            for label, cells in _rows_for(scenario, by_server, servers, settings.get("target", TARGET)):
                 out.append(f"| {label} | " + " | ".join(cells) + " |")
         rss = [format_range([r.rss_mb for r in mine if r.server == s], "MB") for s in servers]
         out.append("| RSS of the server processes | " + " | ".join(rss) + " |")
@@ -651,7 +651,7 @@ def wait_quiet(pids: Sequence[int], timeout_s: float = DRAIN_TIMEOUT_S) -> float
 def run_bench(procs: Processes, server: Server, scenario: str, args: argparse.Namespace, log_path: Path,
               duration_s: float) -> dict[str, Any]:
     """`shardgate bench --json` against `server` (closed loop); its summary. Raises CompareError."""
-    argv = [sys.executable, "-m", "sgtools.cli", "bench", "--url", server.ingress_url, "--target", TARGET,
+    argv = [sys.executable, "-m", "sgtools.cli", "bench", "--url", server.ingress_url, "--target", args.target,
             "--mode", scenario, "--connections", str(args.connections), "--duration", str(duration_s), "--json"]
     out_path = log_path.with_suffix(".json")
     with out_path.open("wb") as out, log_path.open("wb") as err:
@@ -740,6 +740,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="how the servers reach the deployments: HTTP/1.1 request-response (use_http_11, the "
                          "default), or h2c, Restate's default (the TypeScript one then serves h2c only, and "
                          "Restate streams bidirectionally where the SDK says BIDI_STREAM)")
+    ap.add_argument("--target", default=TARGET,
+                    help=f"the handler called (default {TARGET}; both deployments also serve Greeter/with_run, "
+                         "one ctx.run step)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario (default 3)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per bench run (default 10)")
     ap.add_argument("--connections", type=int, default=32, help="closed-loop connections (default 32)")
@@ -810,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings: dict[str, Any] = {"duration_s": args.duration, "connections": args.connections, "rounds": args.rounds,
                 "transport": args.transport,
-                "restate_version": RESTATE_VERSION, "target": TARGET}
+                "restate_version": RESTATE_VERSION, "target": args.target}
     code, results = run_tool("compare", Path(args.cache_dir), args.keep,
                              lambda procs, work: compare(args, procs, work, settings))
     if results is None:

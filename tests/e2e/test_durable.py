@@ -8,7 +8,8 @@ held across a suspension, cancellation, and retries of failing attempts.
 
 Targets
   * default: a real multi-process shardgate cluster (`DevCluster`: Redis + 2 workers + ingress,
-    8 partitions), once per invocation protocol version (SHARDGATE_MAX_PROTOCOL_VERSION=6 and 7);
+    8 partitions), once per invocation protocol version (SHARDGATE_MAX_PROTOCOL_VERSION=6 and 7),
+    v7 with every attempt bidirectional (SHARDGATE_BIDI=always), v6 with the default (auto);
   * `SHARDGATE_E2E_REFERENCE=<ingress-url>,<admin-url>`: an already running Restate server instead
     (the durable deployment is registered there with force=true; add SHARDGATE_E2E_REFERENCE_HTTP11=1
     to register it with use_http_11, i.e. request/response mode instead of HTTP/2 bidi streams).
@@ -67,6 +68,7 @@ class Target:
     admin: str
     http: aiohttp.ClientSession
     counter_dir: Path
+    metrics: tuple[str, ...] = ()  # the workers' /metrics URLs (shardgate only)
 
     async def request(self, method: str, path: str, body: Any = NO_BODY, *, text: str | None = None,
                       timeout_s: float = DEADLINE_S) -> tuple[int, Any]:
@@ -185,10 +187,14 @@ async def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             workers=2, partitions=PARTITIONS, ingress_port=0, admin_port=0,
             data_dir=tmp_path_factory.mktemp(f"cluster-{request.param}") / "data",
             start_timeout_s=45.0, log_level="INFO",
-            extra_env={"SHARDGATE_MAX_PROTOCOL_VERSION": version},
+            # v7 streams every attempt (bidirectional, `partition/bidi.py`); v6 streams only the
+            # handlers seen to go on at once (`auto`); the others stay request-response
+            extra_env={"SHARDGATE_MAX_PROTOCOL_VERSION": version,
+                       "SHARDGATE_BIDI": "always" if version == "7" else "auto"},
         )
         async with DevCluster(spec) as cluster:
-            t = Target(request.param, cluster.ingress_url, cluster.admin_url, http, counter_dir)
+            t = Target(request.param, cluster.ingress_url, cluster.admin_url, http, counter_dir,
+                       tuple(f"http://127.0.0.1:{w.metrics_port}/metrics" for w in cluster.workers))
             await register(t, deployment_url)
             yield t
     finally:
@@ -502,3 +508,28 @@ async def test_cancel_a_sleeping_invocation(target: Target) -> None:
     # Cancelling a completed invocation is a no-op.
     assert await target.call("Durable/cancel_other", victim) == (200, None)
     assert await target.output(victim) == cancelled
+
+
+# ---- transports ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_the_attempts_took_the_transports_of_the_bidi_mode(target: Target) -> None:
+    """Last in the module: with SHARDGATE_BIDI=always (v7) every attempt above was bidirectional;
+    with auto (v6) the handlers that suspend on what they just proposed streamed, the rest stayed
+    request-response over HTTP/1.1."""
+    if not target.metrics:
+        pytest.skip("the transport counters are shardgate's")
+    totals: dict[str, float] = {}
+    for url in target.metrics:
+        async with target.http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith("shardgate_partition_deployment_attempts_total{"):
+                labels, value = line.rsplit(" ", 1)
+                transport = labels.split('transport="', 1)[1].split('"', 1)[0]
+                totals[transport] = totals.get(transport, 0.0) + float(value)
+    if target.label == "v7":
+        assert totals.get("h2c_bidi", 0) > 0 and totals.get("http1", 0) == 0, totals
+    else:
+        assert totals.get("h2c_bidi", 0) > 0 and totals.get("http1", 0) > 0, totals

@@ -79,10 +79,14 @@ class Env:
 
     async def transports_of(self, target: str, body: Any, expected: Any) -> set[str]:
         """Call `target` (it must answer 200 `expected`); the transports whose counters moved."""
+        return set(await self.attempts_of(target, body, expected))
+
+    async def attempts_of(self, target: str, body: Any, expected: Any) -> dict[str, int]:
+        """Call `target` (it must answer 200 `expected`); the attempts it took, per transport."""
         before = await self.attempts()
         assert await self.call(target, body) == (200, expected)
         after = await self.attempts()
-        return {t for t, n in after.items() if n > before.get(t, 0.0)}
+        return {t: int(n - before.get(t, 0.0)) for t, n in after.items() if n > before.get(t, 0.0)}
 
     async def ready(self, target: str, body: Any, expected: Any) -> None:
         """Wait until the workers' registry has the deployment: `target` answers 200 `expected`
@@ -119,13 +123,22 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         yield Env(cluster, http)
 
 
-async def test_the_python_sdk_registers_for_h2c_and_runs_over_http1(env: Env, sdk_deployment: str) -> None:
+async def test_the_python_sdk_registers_for_h2c_and_streams_what_goes_on(env: Env, sdk_deployment: str) -> None:
+    """A plain call stays request-response over HTTP/1.1; a handler whose attempt stored a run's
+    result and could go on at once (RESUME) streams from then on: one bidirectional attempt."""
     dep = await env.register(sdk_deployment)
     assert (dep["protocol_type"], dep["http_version"]) == ("BidiStream", "HTTP/2.0")
     name = unique("h2c")
-    await env.ready("Greeter/with_run", name, f"side-effect for {name}")
-    # ctx.run suspends and is re-invoked: two attempts, both over HTTP/1.1
-    assert await env.transports_of("Greeter/with_run", name, f"side-effect for {name}") == {"http1"}
+    await env.ready("Greeter/greet", name, f"Hello, {name}!")
+    assert await env.attempts_of("Greeter/greet", name, f"Hello, {name}!") == {"http1": 1}
+    first = await env.attempts_of("Greeter/with_run", name, f"side-effect for {name}")
+    assert first in ({"http1": 1, "h2c_bidi": 1}, {"h2c_bidi": 1}), first  # (another worker may have learned it)
+    async def streamed() -> bool | None:  # each worker learns it from one resumed attempt of its own
+        other = unique("run")
+        got = await env.attempts_of("Greeter/with_run", other, f"side-effect for {other}")
+        return True if got == {"h2c_bidi": 1} else None
+
+    await poll("with_run in one bidirectional attempt", DEADLINE_S, streamed)
     assert await env.transports_of("Greeter/sleepy", 1, "slept 1s") == {"http1"}
     status, body = await env.call("Greeter/fail", "no")
     assert status == 409 and "failed on purpose: no" in body["message"], body
@@ -136,7 +149,11 @@ async def test_use_http_11_reaches_the_python_sdk_over_http1(env: Env, sdk_deplo
     assert (dep["protocol_type"], dep["http_version"]) == ("RequestResponse", "HTTP/1.1")
     name = unique("http1")
     await env.ready("Greeter/with_run", name, f"side-effect for {name}")
-    assert await env.transports_of("Greeter/with_run", name, f"side-effect for {name}") == {"http1"}
+    async def over_http1() -> bool | None:  # until every worker has the re-registration
+        got = await env.attempts_of("Greeter/with_run", name, f"side-effect for {name}")
+        return True if got == {"http1": 2} else None  # the run suspends and is replayed: never streamed
+
+    await poll("with_run over HTTP/1.1", DEADLINE_S, over_http1)
 
 
 async def test_an_h2c_only_typescript_deployment_registers_and_serves(env: Env, ts_h2c: str) -> None:
@@ -147,7 +164,8 @@ async def test_an_h2c_only_typescript_deployment_registers_and_serves(env: Env, 
     assert dep["sdk_version"].startswith("restate-sdk-typescript/")
     name = unique("ts")
     await env.ready("Greeter/with_run", name, f"Hello, {name.upper()}!")
-    assert await env.transports_of("Greeter/with_run", name, f"Hello, {name.upper()}!") == {"h2c"}
+    # h2c only: every attempt that can stream does, so ctx.run goes on in the same attempt
+    assert await env.attempts_of("Greeter/with_run", name, f"Hello, {name.upper()}!") == {"h2c_bidi": 1}
 
 
 async def test_an_http1_only_deployment_registered_without_the_flag_falls_back(env: Env, ts_http1: str) -> None:

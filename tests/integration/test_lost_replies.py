@@ -94,11 +94,12 @@ class LossyPipeline(ScriptPipeline):
         return await self._lossy.injected(script.sha, lambda: super(LossyPipeline, self).evalsha(script, keys, args))
 
 
-def _schema(uri: str, chain_uri: str) -> SchemaSnapshot:
+def _schema(uri: str, chain_uri: str, streaming: bool = False) -> SchemaSnapshot:
     dep = Deployment(id="dp_faults", uri=uri, protocol_mode="REQUEST_RESPONSE", min_protocol_version=5,
                      max_protocol_version=6)
-    chain = Deployment(id="dp_chain", uri=chain_uri, protocol_mode="REQUEST_RESPONSE", min_protocol_version=5,
-                       max_protocol_version=6)
+    # streaming: the chain deployment as registered for h2c (hypercorn says BIDI_STREAM there)
+    chain = Deployment(id="dp_chain", uri=chain_uri, protocol_mode="BIDI_STREAM" if streaming else "REQUEST_RESPONSE",
+                       min_protocol_version=5, max_protocol_version=6, use_http_11=not streaming)
     durable = ServiceMeta(name="Durable", ty=ServiceType.SERVICE, deployment_id=chain.id,
                           handlers={"run_once": HandlerMeta(name="run_once", ty=None)})
     middle = ServiceMeta(name="Middle", ty=ServiceType.SERVICE, deployment_id=chain.id,
@@ -131,14 +132,17 @@ class Worker:
     scripts go through the shared pipeline as on a standalone server, or (`pipelined` False)
     through redis-py's commands as on a cluster or with replica acknowledgements."""
 
-    def __init__(self, redis: LossyRedis, uri: str, chain_uri: str, pipelined: bool = True) -> None:
+    def __init__(self, redis: LossyRedis, uri: str, chain_uri: str, pipelined: bool = True,
+                 streaming: bool = False) -> None:
         self.redis = redis
         self.scripts = Scripts(redis)
         self.scripts.pipeline = LossyPipeline(redis) if pipelined else None
         redis.names = {script.sha: name for name, script in self.scripts._scripts.items()}
         self.invoker = Invoker(connect_timeout_s=5.0)
-        schema = _schema(uri, chain_uri)
+        schema = _schema(uri, chain_uri, streaming)
         self.service = PartitionService(redis, self.scripts, self.invoker, lambda: schema, P, 16)
+        if streaming:
+            self.service.stream_attempts("always")
 
     async def start(self) -> None:
         await self.invoker.start()
@@ -275,6 +279,33 @@ async def test_an_apply_redis_did_not_answer_keeps_the_proposed_run_result(
     finally:
         await worker.stop()
     assert lossy.lost == ["apply"], f"the fault was injected ({dict(lossy.calls)})"
+    assert (result.failure_code, result.value) == (0, b"1"), "the run's journaled count"
+    assert read_counter(name, counter_dir) == 1, "the ctx.run closure ran exactly once"
+
+
+@pytest.mark.parametrize(("mode", "script"), [("refuse", "append"), ("drop", "append"), ("drop", "apply")])
+async def test_a_streamed_run_result_is_stored_once_whatever_reply_is_lost(
+        lossy: LossyRedis, sdk_deployment: str, chain_deployment: str, counter_dir: Path, mode: str,
+        script: str) -> None:
+    """Durable/run_once in bidirectional attempts: the run's proposal is stored by an append while
+    the stream stays open (then the SDK sleeps: the stream ends, the timer resumes it). An append
+    that never reached Redis is sent again; one whose reply was lost is sent again and found
+    stored (DUP): the closure ran once, one RunCompletion in the journal."""
+    worker = Worker(lossy, sdk_deployment, chain_deployment, streaming=True)
+    await worker.start()
+    name = f"stream-{mode}-{script}"
+    if mode == "refuse":
+        lossy.refuse = {script: 1}
+    else:
+        lossy.drop = {script: 1}
+    try:
+        req = _request("Durable", None, "run_once", json.dumps(name).encode(), f"once-{name}")
+        async with asyncio.timeout(DEADLINE_S):
+            result = await worker.answer(req)
+    finally:
+        await worker.stop()
+    assert lossy.lost == [script], f"the fault was injected ({dict(lossy.calls)})"
+    assert lossy.calls["append"] >= 1, "the run's result was stored by an append"
     assert (result.failure_code, result.value) == (0, b"1"), "the run's journaled count"
     assert read_counter(name, counter_dir) == 1, "the ctx.run closure ran exactly once"
 

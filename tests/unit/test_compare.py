@@ -125,7 +125,7 @@ def test_table_puts_shardgate_and_restate_side_by_side() -> None:
     assert lines[0].startswith("TypeScript SDK deployment (node), @restatedev/restate-sdk 1.17.2; registered with "
                                "use_http_11: HTTP/1.1 request-response: 2 alternating rounds, 8 s each, 32 connections")
     h2c = compare.format_table(results, {"duration_s": 8, "connections": 32, "transport": "h2c"}).splitlines()
-    assert "registered for h2c: shardgate request-response over h2c" in h2c[0]
+    assert "registered for h2c: both bidirectional where the SDK says BIDI_STREAM" in h2c[0]
     assert "| | shardgate (2 workers, 1 ingress, Redis) | Restate 1.7.12 |" in lines
     assert "| call Greeter/greet | 528-890 req/s | 1,166-1,551 req/s |" in lines
     assert ("| server CPU per call (all server processes, Redis included) | 1.90-2.10 ms | 0.88-1.10 ms |"
@@ -134,6 +134,13 @@ def test_table_puts_shardgate_and_restate_side_by_side() -> None:
     assert "| send, accepted | 862/s | 1,722/s |" in lines
     assert "| send, executed (accepted / (bench + drain)) | 431/s | 861/s |" in lines
     assert "| RSS of the server processes | 280-289 MB | 430-436 MB |" in lines
+
+
+def test_the_table_names_the_handler_called() -> None:
+    text = compare.format_table([result("shardgate", "call", 1, 300.0, 2.0, 280.0)], {"target": "Greeter/with_run"})
+    assert "| call Greeter/with_run | 300 req/s | - |" in text.splitlines()
+    assert compare.parse_args(["--target", "Greeter/with_run"]).target == "Greeter/with_run"
+    assert compare.parse_args([]).target == "Greeter/greet"
 
 
 def test_table_shows_a_dash_for_a_server_without_rounds() -> None:

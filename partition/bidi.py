@@ -1,0 +1,260 @@
+"""One bidirectional attempt: the SDK gets its answers on the open stream instead of a replay.
+
+In request-response every `ctx.run`, and every lazy state read, costs an attempt: the SDK
+proposes, suspends, and the next attempt replays the journal with the answer in it. Over a
+BIDI_STREAM deployment's h2c stream (`Invoker.open_stream`) the request stays open: the frames
+are planned one by one (`effects.AttemptPlanner`), and when the SDK proposes a run's result or
+asks for lazy state, what was planned so far is stored by `append` (one fenced script) and the
+notifications from the attempt's journal position on (the run's completion, the state, anything a
+timer or a signal appended meanwhile) are written back in journal order, so the handler goes on
+in the same attempt. In protocol v7 a proposal that asked for an acknowledgement
+(`REQUESTED_ACK`) gets `ProposeRunCompletionAck` instead of its value, at the same position.
+
+The request is closed (END_STREAM: the SDK suspends once it waits, as in request-response) when
+the SDK sends a command that waits for something from outside the attempt (a sleep, a call, a
+promise, an attach ...), when nothing comes from it for `idle_s` after the last exchange, and at
+once after a terminal frame (End, Suspension, Error). So a stream is never held open waiting for
+a notification it would not be told about. What the attempt produced after its last append goes
+to the terminal `apply` as in request-response, from the journal position the attempt knows.
+
+Failures: a stream that breaks, a deadline passed (`attempt_timeout_s`, inactivity + abort) or a
+protocol violation fails the attempt as a request-response one fails; what earlier appends stored
+stays stored (a run whose append landed is not run again). An append that finds the invocation
+no longer invoked (killed meanwhile) stops the attempt (`AttemptStopped`). An append retried
+after Redis could not be reached is DUP when the first try landed: nothing is stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from partition.effects import (
+    AttemptPlan,
+    AttemptPlanner,
+    Batch,
+    CommandRejected,
+    PlanError,
+    needs_flush,
+    rejected_plan,
+)
+from partition.errors import DeploymentError, Fenced
+from partition.invoker import AttemptStream
+from partition.scripts import Appended, Scripts
+from partition.transition import AppendOutcome
+from sgproto.protocol.v1 import protocol_pb2 as pb
+from shardgate import http2, protocol
+from shardgate.clock import Clock
+from shardgate.protocol import Frame
+from shardgate.protocol import MessageType as T
+
+if TYPE_CHECKING:
+    from partition.driver import Run
+
+log = logging.getLogger(__name__)
+
+IDLE_S = 0.1
+"""How long the request stays open with nothing coming from the SDK after the last exchange."""
+APPEND_RETRY_MIN_S = 0.05
+APPEND_RETRY_MAX_S = 1.0
+
+ANSWERED_HERE = frozenset({T.PROPOSE_RUN_COMPLETION, T.GET_LAZY_STATE_COMMAND, T.GET_LAZY_STATE_KEYS_COMMAND})
+"""Frames whose answer the attempt itself gives: stored, then written back on the stream."""
+_TERMINAL_TYPES = frozenset({T.END, T.SUSPENSION, T.ERROR})
+
+
+class AttemptStopped(Exception):
+    """An append found the invocation no longer invoked (killed, or completed elsewhere)."""
+
+
+class Pokes(Protocol):
+    """What the partition leader is told after an append (`driver.Lead` has it)."""
+
+    def poke(self, timers: bool, outbox: bool) -> None: ...
+
+    def resume(self, invocation_id: str) -> None: ...
+
+
+@dataclass(slots=True)
+class BidiOutcome:
+    plan: AttemptPlan | None  # the terminal's part (ops not appended yet); None: failed, see failure
+    failure: str = ""
+    appends: int = 0
+
+
+def _before_any_answer(e: DeploymentError) -> bool:
+    """A stream that failed so that sending it again is safe (refused, or its connection closed
+    before any part of the answer came)."""
+    return isinstance(e.__cause__, http2.Http2Error) and e.__cause__.retryable
+
+
+def _is_command(entry: bytes) -> bool:
+    return not protocol.is_notification((entry[0] << 8) | entry[1])
+
+
+class BidiAttempt:
+    """Drives one bidirectional attempt of `run` (whose journal and record it keeps up to date with
+    what its appends stored)."""
+
+    def __init__(self, scripts: Scripts, clock: Clock, run: Run, planner: AttemptPlanner, lead: Pokes,
+                 lease_ok: Callable[[], bool], timeout_s: float, idle_s: float = IDLE_S) -> None:
+        self._scripts = scripts
+        self._clock = clock
+        self._run = run
+        self._planner = planner
+        self._lead = lead
+        self._lease_ok = lease_ok
+        self._timeout_s = timeout_s
+        self._idle_s = idle_s
+        self._nonce = os.urandom(8).hex()
+        self._seq = 0
+        self._acked: set[int] = set()  # v7: run proposals that asked for an acknowledgement
+
+    async def run(self, open_stream: Callable[[], Awaitable[AttemptStream]]) -> BidiOutcome:
+        """The attempt to its terminal frame, on a stream from `open_stream` (once more on a new
+        one when the first was refused or its connection went away before any answer, as a
+        request-response attempt is sent again). Raises Fenced, AttemptStopped, and
+        DeploymentError when no stream could be opened."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        planner = self._planner
+        open_ = True
+        stream = await open_stream()
+        try:
+            async with asyncio.timeout_at(deadline):
+                try:
+                    await stream.start()
+                    await stream.head()
+                except DeploymentError as e:
+                    if not _before_any_answer(e):
+                        raise
+                    stream.reset()
+                    stream = await open_stream()
+                    await stream.start()
+                    await stream.head()
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    return BidiOutcome(None, "the deployment did not answer in time", self._seq)
+                try:
+                    async with asyncio.timeout_at(min(deadline, now + self._idle_s) if open_ else deadline):
+                        frames = await stream.frames()
+                except TimeoutError:
+                    if open_:
+                        stream.end()  # nothing more to tell it: let it suspend once it waits
+                        open_ = False
+                    continue
+                if frames is None:
+                    return BidiOutcome(None, "protocol violation: the stream ended without End, Suspension "
+                                             "or Error", self._seq)
+                flush = False
+                for i, frame in enumerate(frames):
+                    planner.feed(frame)
+                    if frame.type in _TERMINAL_TYPES:
+                        stream.end()  # at once: the SDK finishes its response only then
+                        open_ = False
+                        if i != len(frames) - 1:
+                            return BidiOutcome(None, "protocol violation: frames after the terminal message "
+                                                     f"0x{frame.type:04X}", self._seq)
+                    elif open_ and needs_flush(frame):
+                        if frame.type in ANSWERED_HERE or frame.requested_ack:
+                            flush = True
+                            if frame.requested_ack and frame.type == T.PROPOSE_RUN_COMPLETION:
+                                msg = cast(pb.ProposeRunCompletionMessage, protocol.parse_message(frame))
+                                self._acked.add(msg.result_completion_id)
+                        else:
+                            stream.end()  # it waits for something from outside: let it suspend
+                            open_ = False
+                if planner.done:
+                    stream.discard()  # the rest of the response (its end) is read and dropped
+                    return BidiOutcome(planner.finish(), "", self._seq)
+                if flush and open_:
+                    await self._append(stream, planner.take_batch())
+        except CommandRejected as e:
+            stream.reset()
+            return BidiOutcome(rejected_plan(e), "", self._seq)
+        except PlanError as e:
+            stream.reset()
+            return BidiOutcome(None, f"protocol violation: {e}", self._seq)
+        except DeploymentError as e:
+            stream.reset()
+            return BidiOutcome(None, str(e), self._seq)
+        except TimeoutError:
+            stream.reset()
+            return BidiOutcome(None, "the deployment did not answer in time", self._seq)
+        except BaseException:
+            stream.reset()
+            raise
+
+    async def _append(self, stream: AttemptStream, batch: Batch) -> None:
+        """Store `batch`, then write back what the SDK does not know yet, in journal order."""
+        run = self._run
+        cursor = len(run.journal)
+        self._seq += 1
+        appended = await self._store(batch, cursor)
+        if appended.outcome is AppendOutcome.BAD_STATE:
+            raise AttemptStopped(run.target.invocation_id)
+        self._lead.poke(batch.timers > 0, batch.outbox > 0)
+        for woken in appended.woken:
+            self._lead.resume(woken)
+        run.journal.extend(self._entries(batch, appended, cursor))
+        if batch.entries:  # the journal grew: the failure count starts over, the pin is stored
+            run.record = run.record.with_attempt(0, self._clock.now_ms())
+            run.idle_resumes = 0
+            if run.attempt_pin is not None:
+                run.record, run.attempt_pin = run.record.pinned_to(run.attempt_pin), None
+        if not self._lease_ok():  # every answer lets user code go on: only under a valid lease
+            raise Fenced(run.target.partition)
+        out = b"".join(self._forwarded(frame) for _, frame in appended.notes)
+        if out:
+            await stream.send(out)
+
+    async def _store(self, batch: Batch, cursor: int) -> Appended:
+        """`append`, retried while Redis cannot be reached (a retry of a stored one is DUP)."""
+        run = self._run
+        delay_s = APPEND_RETRY_MIN_S
+        while True:
+            try:
+                return await self._scripts.append(run.target, run.token, self._clock.now_ms(), cursor, self._nonce,
+                                                  self._seq, batch.ops, run.attempt_pin)
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                log.warning("cannot store a live attempt's entries (%s); retrying in %.2f s", e, delay_s,
+                            extra={"invocation_id": run.target.invocation_id, "partition": run.target.partition})
+                await self._clock.sleep(delay_s)
+                delay_s = min(delay_s * 2, APPEND_RETRY_MAX_S)
+
+    @staticmethod
+    def _entries(batch: Batch, appended: Appended, cursor: int) -> list[bytes]:
+        """The journal from `cursor` to its new length: the notifications as the reply gives them,
+        the other positions this batch's commands in order (nobody else appends commands)."""
+        notes = dict(appended.notes)
+        own = iter([e for e in batch.entries if _is_command(e)])
+        out: list[bytes] = []
+        try:
+            for index in range(cursor, appended.journal_len):
+                note = notes.get(index)
+                out.append(note if note is not None else next(own))
+        except StopIteration:
+            raise PlanError("the journal holds commands this attempt did not send") from None
+        if next(own, None) is not None:
+            raise PlanError("the journal lacks commands this attempt sent")
+        return out
+
+    def _forwarded(self, note: bytes) -> bytes:
+        """What the SDK gets for a stored notification: itself, or (v7) the acknowledgement of its
+        own run proposal when the proposal asked for one."""
+        if self._acked and (note[0] << 8 | note[1]) == T.RUN_COMPLETION:
+            frame = Frame((note[0] << 8) | note[1], 0, note[protocol.HEADER_SIZE:])
+            cid = cast(pb.NotificationTemplate, protocol.parse_message(frame)).completion_id
+            if cid in self._acked:
+                self._acked.discard(cid)
+                return protocol.encode_message(T.PROPOSE_RUN_COMPLETION_ACK,
+                                               pb.ProposeRunCompletionAckMessage(completion_id=cid))
+        return note
