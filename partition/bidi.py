@@ -65,8 +65,16 @@ IDLE_S = 0.1
 APPEND_RETRY_MIN_S = 0.05
 APPEND_RETRY_MAX_S = 1.0
 
-ANSWERED_HERE = frozenset({T.PROPOSE_RUN_COMPLETION, T.GET_LAZY_STATE_COMMAND, T.GET_LAZY_STATE_KEYS_COMMAND})
-"""Frames whose answer the attempt itself gives: stored, then written back on the stream."""
+ANSWERED_HERE = frozenset({
+    T.PROPOSE_RUN_COMPLETION, T.GET_LAZY_STATE_COMMAND, T.GET_LAZY_STATE_KEYS_COMMAND,
+    T.PEEK_PROMISE_COMMAND, T.GET_PROMISE_COMMAND, T.COMPLETE_PROMISE_COMMAND,
+    T.ONE_WAY_CALL_COMMAND, T.SEND_SIGNAL_COMMAND, T.COMPLETE_AWAKEABLE_COMMAND,
+})
+"""Frames the attempt answers itself, or that wait for nothing: stored by an append, and what the
+append stored for them (a run's result, state, a promise's value or completion, a callee's id)
+is written back on the stream. A promise that is not completed yet is not waited for: the idle
+close ends the request. The other frames that must be stored (a sleep, a call, an attach or an
+output read) wait for something from outside and end the request at once."""
 _TERMINAL_TYPES = frozenset({T.END, T.SUSPENSION, T.ERROR})
 
 
@@ -120,13 +128,12 @@ class BidiAttempt:
     async def run(self, open_stream: Callable[[], Awaitable[AttemptStream]]) -> BidiOutcome:
         """The attempt to its terminal frame, on a stream from `open_stream` (once more on a new
         one when the first was refused or its connection went away before any answer, as a
-        request-response attempt is sent again). Raises Fenced, AttemptStopped, and
-        DeploymentError when no stream could be opened."""
+        request-response attempt is sent again). Every way out but a terminal frame resets the
+        stream. Raises Fenced, AttemptStopped, and DeploymentError when no stream could be opened."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
-        planner = self._planner
-        open_ = True
         stream = await open_stream()
+        finished = False
         try:
             async with asyncio.timeout_at(deadline):
                 try:
@@ -139,59 +146,60 @@ class BidiAttempt:
                     stream = await open_stream()
                     await stream.start()
                     await stream.head()
-            while True:
-                now = loop.time()
-                if now >= deadline:
-                    return BidiOutcome(None, "the deployment did not answer in time", self._seq)
-                try:
-                    async with asyncio.timeout_at(min(deadline, now + self._idle_s) if open_ else deadline):
-                        frames = await stream.frames()
-                except TimeoutError:
-                    if open_:
-                        stream.end()  # nothing more to tell it: let it suspend once it waits
-                        open_ = False
-                    continue
-                if frames is None:
-                    return BidiOutcome(None, "protocol violation: the stream ended without End, Suspension "
-                                             "or Error", self._seq)
-                flush = False
-                for i, frame in enumerate(frames):
-                    planner.feed(frame)
-                    if frame.type in _TERMINAL_TYPES:
-                        stream.end()  # at once: the SDK finishes its response only then
-                        open_ = False
-                        if i != len(frames) - 1:
-                            return BidiOutcome(None, "protocol violation: frames after the terminal message "
-                                                     f"0x{frame.type:04X}", self._seq)
-                    elif open_ and needs_flush(frame):
-                        if frame.type in ANSWERED_HERE or frame.requested_ack:
-                            flush = True
-                            if frame.requested_ack and frame.type == T.PROPOSE_RUN_COMPLETION:
-                                msg = cast(pb.ProposeRunCompletionMessage, protocol.parse_message(frame))
-                                self._acked.add(msg.result_completion_id)
-                        else:
-                            stream.end()  # it waits for something from outside: let it suspend
-                            open_ = False
-                if planner.done:
-                    stream.discard()  # the rest of the response (its end) is read and dropped
-                    return BidiOutcome(planner.finish(), "", self._seq)
-                if flush and open_:
-                    await self._append(stream, planner.take_batch())
+                plan = await self._converse(stream, deadline)
+            finished = True
+            stream.discard()  # the rest of the response (its end) is read and dropped
+            return BidiOutcome(plan, "", self._seq)
         except CommandRejected as e:
-            stream.reset()
             return BidiOutcome(rejected_plan(e), "", self._seq)
         except PlanError as e:
-            stream.reset()
             return BidiOutcome(None, f"protocol violation: {e}", self._seq)
         except DeploymentError as e:
-            stream.reset()
             return BidiOutcome(None, str(e), self._seq)
         except TimeoutError:
-            stream.reset()
             return BidiOutcome(None, "the deployment did not answer in time", self._seq)
-        except BaseException:
-            stream.reset()
-            raise
+        finally:
+            if not finished:
+                stream.reset()
+
+    async def _converse(self, stream: AttemptStream, deadline: float) -> AttemptPlan:
+        """Read, plan, append and answer until the terminal frame; its plan. Runs under the
+        attempt's deadline. Raises PlanError, CommandRejected, DeploymentError, Fenced,
+        AttemptStopped."""
+        loop = asyncio.get_running_loop()
+        planner = self._planner
+        open_ = True
+        while True:
+            try:
+                async with asyncio.timeout_at(min(deadline, loop.time() + self._idle_s) if open_ else deadline):
+                    frames = await stream.frames()
+            except TimeoutError:
+                if not open_ or loop.time() >= deadline:
+                    raise
+                stream.end()  # nothing more to tell it: let it suspend once it waits
+                open_ = False
+                continue
+            if frames is None:
+                raise PlanError("the stream ended without End, Suspension or Error")
+            flush = False
+            for i, frame in enumerate(frames):
+                planner.feed(frame)
+                if frame.type in _TERMINAL_TYPES:
+                    stream.end()  # at once: the SDK finishes its response only then
+                    if i != len(frames) - 1:
+                        raise PlanError(f"frames after the terminal message 0x{frame.type:04X}")
+                    return planner.finish()
+                if open_ and needs_flush(frame):
+                    if frame.type in ANSWERED_HERE or frame.requested_ack:
+                        flush = True
+                        if frame.requested_ack and frame.type == T.PROPOSE_RUN_COMPLETION and stream.version >= 7:
+                            msg = cast(pb.ProposeRunCompletionMessage, protocol.parse_message(frame))
+                            self._acked.add(msg.result_completion_id)
+                    else:
+                        stream.end()  # it waits for something from outside: let it suspend
+                        open_ = False
+            if flush and open_:
+                await self._append(stream, planner.take_batch())
 
     async def _append(self, stream: AttemptStream, batch: Batch) -> None:
         """Store `batch`, then write back what the SDK does not know yet, in journal order."""

@@ -152,8 +152,8 @@ class Invoker:
         if target is None:
             raise DeploymentError(f"a bidirectional attempt needs an http:// deployment, not {deployment.uri}")
         _BIDI_ATTEMPTS.inc()
-        request = http2.encode_request("POST", target.authority, target.path, headers, b"")
         try:
+            request = http2.encode_request("POST", target.authority, target.path, headers, b"")
             duplex = await self._http2.open(target.host, target.port, request, self._connect_timeout_s)
         except (TimeoutError, OSError, http2.Http2Error) as e:
             DEPLOYMENT_ERRORS.labels("transport").inc()
@@ -246,7 +246,7 @@ class AttemptStream:
     closes the request (the SDK then suspends once it waits), `reset` gives the stream up. Every
     failure raises DeploymentError (retryable)."""
 
-    __slots__ = ("_body", "_ct", "_decoder", "_duplex", "_url")
+    __slots__ = ("_body", "_ct", "_decoder", "_duplex", "_url", "version")
 
     def __init__(self, duplex: http2.Duplex, url: str, ct: str, body: bytes) -> None:
         self._duplex = duplex
@@ -254,6 +254,7 @@ class AttemptStream:
         self._ct = ct
         self._body = body
         self._decoder = protocol.FrameDecoder(None)
+        self.version = protocol.parse_content_type(ct) or 0  # the negotiated protocol version
 
     async def start(self) -> None:
         """Send Start, Input and the journal (the request stays open)."""

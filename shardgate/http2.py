@@ -399,6 +399,7 @@ class _Connection(asyncio.Protocol):
                     stream.fail(Http2Error("the stream ended without a response"))
                 stream.remote_ended = True
                 stream.wake_reader()
+                stream.wake()  # a send waiting for window learns that the stream has ended
                 self._retire_duplex(stream)
             elif stream is not None:
                 del self.streams[event.stream_id]
@@ -680,13 +681,12 @@ class Duplex:
         stream = self._stream
         self.end()
         self._retrieved()
-        if stream.error is not None or stream.remote_ended:
-            return
         unread = sum(size for _, size in stream.chunks)
         stream.chunks.clear()
         stream.discarding = True
-        self._conn.consumed(stream, unread)
-        asyncio.get_running_loop().call_later(grace_s, self._overdue)
+        self._conn.consumed(stream, unread)  # the connection's window comes back in any case
+        if stream.error is None and not stream.remote_ended:
+            asyncio.get_running_loop().call_later(grace_s, self._overdue)
 
     def _overdue(self) -> None:
         if self._stream.error is None and not self._stream.remote_ended:

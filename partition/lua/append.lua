@@ -9,8 +9,8 @@
 -- ARGV[APPEND_PIN_ARG], ARGV[APPEND_PIN_ARG + 1]=the deployment the attempt went to and its
 --   protocol version ('' when pinned)
 -- ARGV[APPEND_FIRST_OP..]=ops, as in apply.lua
--- returns {FENCED} | {BAD_STATE, status or ''} (nothing stored: not invoked, or not the next append
---         of this attempt)
+-- returns {FENCED} | {BAD_STATE, status or ''} (nothing stored: not invoked, not the next append
+--         of this attempt, or a command after the known length: the attempt is stale)
 --       | {APPENDED, journal length, {index, frame, ...}, {woken}}
 --       | {DUP, journal length, {index, frame, ...}, {}}   (a retry of an append that was stored)
 -- The {index, frame} pairs are the notifications in the journal from the known length on, in
@@ -47,6 +47,14 @@ if last == this then
 end
 if seq > 1 and last ~= ARGV[5] .. '|' .. (seq - 1) then
   return {APPEND_BAD_STATE, st}  -- out of order, or an attempt superseded by a newer one
+end
+-- Only notifications may follow what the attempt knows: a command there is another attempt's
+-- (this one is stale), and storing this one's after it would interleave two attempts' commands.
+for _, entry in ipairs(redis.call('LRANGE', KEYS[7], cursor, -1)) do
+  local b = string.byte(entry, 1)
+  if not (b and b >= 128 and b < 252) then
+    return {APPEND_BAD_STATE, st}
+  end
 end
 local bad_op = check_ops(APPEND_FIRST_OP, 'append')
 if bad_op then

@@ -256,7 +256,21 @@ async def test_an_unknown_op_changes_nothing(scripts: Scripts, redis: Redis) -> 
     assert len(args) + 1 == APPEND_FIRST_OP
     script = scripts._scripts["append"]
     with pytest.raises(Exception, match="append: unknown op"):
-        await script(keys=[keys.lease(P), keys.invocation(P, t.invocation_id)] + [keys.active(P)] * 9,
+        await script(keys=[keys.lease(P), keys.invocation(P, t.invocation_id), keys.active(P), t.lock(), t.inbox(),
+                           t.state(), keys.journal(P, t.invocation_id), keys.timers(P), keys.outbox(P),
+                           t.promises(), t.promise_waiters()],
                      args=[*args, "J", _cmd("a"), "??"])
     assert await _journal(redis, t) == []
     assert await _field(redis, t, "ss") is None
+
+
+async def test_an_attempt_that_does_not_know_a_stored_command_is_refused(scripts: Scripts, redis: Redis) -> None:
+    """A stale attempt (its cursor is behind a command another attempt stored) stores nothing:
+    its commands would interleave with the other's."""
+    tok = await _lease(scripts)
+    t = _t(11)
+    await _invoked(scripts, tok, t)
+    await scripts.append(t, tok, 2000, 0, "n2", 1, [JournalEntry(_cmd("newer"))])
+    stale = await scripts.append(t, tok, 2100, 0, "n1", 1, [JournalEntry(_cmd("older"))])
+    assert stale.outcome is AppendOutcome.BAD_STATE and stale.status is Status.INVOKED
+    assert await _journal(redis, t) == [_cmd("newer")]

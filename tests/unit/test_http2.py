@@ -566,3 +566,47 @@ async def test_resetting_a_duplex_stream_frees_its_slot_and_tells_the_peer() -> 
                 await duplex.read()
     finally:
         server.close()
+
+
+async def test_a_discarded_duplex_stream_is_drained_without_a_reader_then_leaves() -> None:
+    """After the terminal frame nobody reads: what still comes is acknowledged and dropped, and
+    the stream leaves its connection when the response ends (a silent one is reset after the grace)."""
+    seen: dict[str, int] = {"ended": 0}
+    finish = asyncio.Event()
+
+    def on_event(conn: h2.connection.H2Connection, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            conn.send_headers(event.stream_id, [(":status", "200")])
+            conn.send_data(event.stream_id, b"x" * 1000)
+        elif isinstance(event, h2.events.StreamEnded):  # our END_STREAM: the rest of the answer, then its end
+            seen["ended"] += 1
+            if event.stream_id == 1:
+                for _ in range(5):
+                    conn.send_data(1, b"y" * 14_000)
+                conn.end_stream(1)
+        elif isinstance(event, h2.events.StreamReset):
+            finish.set()
+
+    server, port = await _duplex_server(on_event)
+    try:
+        with contextlib.closing(H2Pool()) as pool:
+            first = await pool.open(HOST, port, _request(b""), 2)
+            assert await asyncio.wait_for(first.read(), 5)
+            first.discard(5.0)
+            conn = next(c for cs in pool._conns.values() for c in cs)
+            await poll_until(lambda: not conn.streams)
+            silent = await pool.open(HOST, port, _request(b""), 2)  # this one never ends its answer
+            await asyncio.wait_for(silent.response(), 5)
+            silent_id = silent._stream.id
+            silent.discard(0.05)
+            await asyncio.wait_for(finish.wait(), 5)
+            assert silent_id not in conn.streams and seen["ended"] == 2
+    finally:
+        server.close()
+
+
+async def poll_until(condition: Callable[[], bool], deadline_s: float = 5.0) -> None:
+    """Wait (polling, bounded) until `condition()` holds."""
+    async with asyncio.timeout(deadline_s):
+        while not condition():
+            await asyncio.sleep(0.01)
