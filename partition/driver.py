@@ -442,14 +442,14 @@ class Driver:
 
     def _streams(self, deployment: Deployment, run: Run, meta: ServiceMeta) -> bool:
         """Whether the next attempt is bidirectional (`partition/bidi.py`): the deployment streams
-        (h2c, BIDI_STREAM), the handler has an inactivity timeout, and either the deployment's
-        attempts go over h2c anyway or this handler's attempts were seen to go on at once (`auto`),
-        or always (`always`)."""
+        (h2c, BIDI_STREAM), the handler has an inactivity timeout, and this handler's attempts were
+        seen to go on at once (`auto`: a stream costs a plain call more CPU than request-response,
+        also over h2c), or always (`always`)."""
         if self.bidi == "off" or not self._invoker.streams_to(deployment):
             return False
         if effective_settings(meta, meta.handlers.get(run.record.handler)).inactivity_timeout_ms <= 0:
             return False  # Restate too falls back to request-response then
-        if self.bidi == "always" or not self._invoker.prefers_http1(deployment):
+        if self.bidi == "always":
             return True
         return (deployment.id, run.target.service, run.record.handler) in self._streaming
 

@@ -139,10 +139,6 @@ class Invoker:
         return (not deployment.use_http_11 and deployment.protocol_mode == "BIDI_STREAM"
                 and self._http_target(deployment.uri) is not None)
 
-    def prefers_http1(self, deployment: Deployment) -> bool:
-        """Whether its request-response attempts take the HTTP/1.1 client (decision 39)."""
-        return deployment.use_http_11 or (deployment.http_11_attempts and deployment.id not in self._h2c_only)
-
     async def open_stream(self, deployment: Deployment, inp: AttemptInput) -> AttemptStream:
         """Open a bidirectional attempt's h2c stream; its `start` sends Start, Input and the
         journal, and the request stays open. Raises DeploymentError (retryable)."""

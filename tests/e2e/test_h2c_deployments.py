@@ -164,8 +164,15 @@ async def test_an_h2c_only_typescript_deployment_registers_and_serves(env: Env, 
     assert dep["sdk_version"].startswith("restate-sdk-typescript/")
     name = unique("ts")
     await env.ready("Greeter/with_run", name, f"Hello, {name.upper()}!")
-    # h2c only: every attempt that can stream does, so ctx.run goes on in the same attempt
-    assert await env.attempts_of("Greeter/with_run", name, f"Hello, {name.upper()}!") == {"h2c_bidi": 1}
+    # h2c only: the plain call stays request-response; ctx.run streams once a worker saw it go on
+    other = unique("ts")
+    assert await env.attempts_of("Greeter/greet", other, f"Hello, {other}!") == {"h2c": 1}
+    async def streamed() -> bool | None:
+        n = unique("ts")
+        got = await env.attempts_of("Greeter/with_run", n, f"Hello, {n.upper()}!")
+        return True if got == {"h2c_bidi": 1} else None
+
+    await poll("with_run in one bidirectional attempt", DEADLINE_S, streamed)
 
 
 async def test_an_http1_only_deployment_registered_without_the_flag_falls_back(env: Env, ts_http1: str) -> None:

@@ -170,6 +170,16 @@ async def test_auto_streams_a_handler_once_an_attempt_of_it_went_on_at_once(work
     assert took == {"http1": 1}
 
 
+@pytest.mark.parametrize("worker", [("auto", False)], indirect=True)
+async def test_auto_keeps_a_plain_call_request_response_on_an_h2c_only_deployment(worker: Worker) -> None:
+    _, _, took = await worker.call(_request("Greeter", None, "greet", "Ho", "auto-h2c-greet"))
+    assert took == {"h2c": 1}
+    _, _, took = await worker.call(_request("Greeter", None, "with_run", "Ho", "auto-h2c-run-1"))
+    assert took == {"h2c": 1, "h2c_bidi": 1}
+    _, _, took = await worker.call(_request("Greeter", None, "with_run", "Io", "auto-h2c-run-2"))
+    assert took == {"h2c_bidi": 1}
+
+
 @pytest.mark.parametrize("worker", [("off", False)], indirect=True)
 async def test_off_keeps_every_attempt_request_response(worker: Worker) -> None:
     result, _, took = await worker.call(_request("Greeter", None, "with_run", "Fa", "off-run"))
