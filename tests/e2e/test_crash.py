@@ -188,8 +188,10 @@ async def cluster_env(tmp_path_factory: pytest.TempPathFactory,
         workers=WORKERS, partitions=PARTITIONS, ingress_port=0, admin_port=0,
         data_dir=tmp_path_factory.mktemp("crash-cluster") / "data", lease_ttl_ms=LEASE_TTL_MS,
         start_timeout_s=45.0, log_level="INFO",
+        # every attempt bidirectional (the deployment is registered for h2c): what an open stream
+        # stored must survive its worker's death as what a request-response attempt stored does
         extra_env={"SHARDGATE_LEASE_TTL_MS": str(LEASE_TTL_MS),
-                   "SHARDGATE_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS)},
+                   "SHARDGATE_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS), "SHARDGATE_BIDI": "always"},
     )
     async with DevCluster(spec) as cluster:
         redis = Redis.from_url(cluster.redis_url)
@@ -281,9 +283,9 @@ async def test_stored_run_result_is_not_rerun_after_sigkill(env: Env) -> None:
         status = await env.status(inv)
         return True if stored and status not in (None, "completed") else None
 
-    # The attempt that ran the closure ended (request/response mode) with the proposed result; the
-    # worker stored it as a RunCompletion notification and started the next attempt, which replays
-    # the run and then holds in asyncio.sleep.
+    # The attempt that ran the closure proposed the result; the worker stored it (an append on
+    # the open stream) as a RunCompletion notification and wrote it back, and the attempt holds in
+    # asyncio.sleep.
     await poll(f"the run result of {inv} to be stored", 10.0, run_stored, lambda: env.describe(inv))
     assert env.counter(name) == 1
     await kill(env, (await settled_owners(env))[p])

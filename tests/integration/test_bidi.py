@@ -21,6 +21,7 @@ from partition.invoker import Invoker
 from partition.metrics import DEPLOYMENT_ATTEMPTS
 from partition.service import PartitionService
 from sgproto.partition.v1 import partition_service_pb2 as pb
+from shardgate import http2
 from shardgate.schema import Deployment, HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
 from shardgate.sharding import idempotent_invocation_id, partition_of
 from tests.deployments import serve_sdk_app
@@ -204,3 +205,25 @@ async def test_an_invocation_killed_while_its_stream_is_open_stops_the_attempt(
     result, sent, took = await worker.call(_request("Greeter", None, "with_run", "Gu", "bidi-killed"))
     assert appended == ["BAD_STATE"] and "apply" not in sent and took == {"h2c_bidi": 1}
     assert result.failure_code == 409 and "killed" in result.failure_message
+
+
+async def test_a_stream_refused_before_any_answer_is_opened_once_more(
+        worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a request-response attempt refused by the peer (or cut on a reused connection) is sent
+    again: the first stream fails retryably before anything came back, the second carries it."""
+    real_open = worker.invoker.open_stream
+    opened: list[str] = []
+
+    async def refused_first(deployment: Any, inp: Any) -> Any:
+        stream = await real_open(deployment, inp)
+        opened.append(inp.handler)
+        if len(opened) == 1:
+            stream._duplex._stream.fail(http2.Http2Error("the deployment reset the stream (REFUSED_STREAM)",
+                                                         retryable=True))
+        return stream
+
+    monkeypatch.setattr(worker.invoker, "open_stream", refused_first)
+    result, sent, took = await worker.call(_request("Greeter", None, "with_run", "Jo", "bidi-refused"))
+    assert (result.failure_code, result.value) == (0, b'"side-effect for Jo"')
+    assert opened == ["with_run", "with_run"] and took == {"h2c_bidi": 2}
+    assert sent == {"accept": 1, "append": 1, "apply": 1}  # no failed attempt was recorded
