@@ -10,12 +10,16 @@ timer or a signal appended meanwhile) are written back in journal order, so the 
 in the same attempt. In protocol v7 a proposal that asked for an acknowledgement
 (`REQUESTED_ACK`) gets `ProposeRunCompletionAck` instead of its value, at the same position.
 
-The request is closed (END_STREAM: the SDK suspends once it waits, as in request-response) when
-the SDK sends a command that waits for something from outside the attempt (a sleep, a call, a
-promise, an attach ...), when nothing comes from it for `idle_s` after the last exchange, and at
-once after a terminal frame (End, Suspension, Error). So a stream is never held open waiting for
-a notification it would not be told about. What the attempt produced after its last append goes
-to the terminal `apply` as in request-response, from the journal position the attempt knows.
+A sleep that ends within `SLEEP_HOLD_S` and a call, attach or output read (for `CALL_HOLD_S`)
+are stored the same way and waited for on the open stream: the attempt registers a poke with its
+leader (`PartitionLeader.live`), which calls it when a transition appended a notification to the
+invocation (a timer fired, a result was delivered, a cancel); the next append, empty if nothing
+else is pending, brings it back in journal order. The request is closed (END_STREAM: the SDK
+suspends once it waits, as in request-response) for a longer sleep at once, when the hold runs
+out, when nothing comes from the SDK for `idle_s` after the last exchange otherwise, and at once
+after a terminal frame (End, Suspension, Error). A lost poke costs the rest of the hold: the
+suspension finds the notification stored and resumes. What the attempt produced after its last
+append goes to the terminal `apply` as in request-response, from the journal position it knows.
 
 Failures: a stream that breaks, a deadline passed (`attempt_timeout_s`, inactivity + abort) or a
 protocol violation fails the attempt as a request-response one fails; what earlier appends stored
@@ -62,6 +66,12 @@ log = logging.getLogger(__name__)
 
 IDLE_S = 0.1
 """How long the request stays open with nothing coming from the SDK after the last exchange."""
+SLEEP_HOLD_S = 1.0
+"""A sleep that ends within this long is waited for on the open stream (the timer's notification
+is written back when it fires); a longer one ends the request, and the SDK suspends."""
+CALL_HOLD_S = 1.0
+"""How long the stream stays open for a call's result (or an attach's, an output read's)."""
+HOLD_SLACK_S = 0.2
 APPEND_RETRY_MIN_S = 0.05
 APPEND_RETRY_MAX_S = 1.0
 
@@ -83,7 +93,10 @@ class AttemptStopped(Exception):
 
 
 class Pokes(Protocol):
-    """What the partition leader is told after an append (`driver.Lead` has it)."""
+    """What the partition leader is told after an append, and where a live attempt registers the
+    poke its leader calls when a notification was appended to the invocation (`driver.Lead`)."""
+
+    live: dict[str, Callable[[tuple[int, bytes] | None], None]]
 
     def poke(self, timers: bool, outbox: bool) -> None: ...
 
@@ -124,6 +137,22 @@ class BidiAttempt:
         self._nonce = os.urandom(8).hex()
         self._seq = 0
         self._acked: set[int] = set()  # v7: run proposals that asked for an acknowledgement
+        self._poked = False  # a notification was appended meanwhile: forward or fetch it
+        self._pushed: list[tuple[int, bytes]] = []  # the poked notifications that came with their index
+        self._fetch = False  # a poke without its notification: the next append fetches it
+        self._stream: AttemptStream | None = None
+        self._hold_until = 0.0  # loop time until which the request stays open for what it waits on
+
+    def _poke(self, note: tuple[int, bytes] | None) -> None:
+        """The leader appended a notification to this invocation (a timer, a call's result ...);
+        `note`, its journal index and frame, when the transition said."""
+        self._poked = True
+        if note is not None:
+            self._pushed.append(note)
+        else:
+            self._fetch = True
+        if self._stream is not None:
+            self._stream.interrupt()
 
     async def run(self, open_stream: Callable[[], Awaitable[AttemptStream]]) -> BidiOutcome:
         """The attempt to its terminal frame, on a stream from `open_stream` (once more on a new
@@ -134,6 +163,8 @@ class BidiAttempt:
         deadline = loop.time() + self._timeout_s
         stream = await open_stream()
         finished = False
+        inv_id = self._run.target.invocation_id
+        self._lead.live[inv_id] = self._poke
         try:
             async with asyncio.timeout_at(deadline):
                 try:
@@ -146,6 +177,7 @@ class BidiAttempt:
                     stream = await open_stream()
                     await stream.start()
                     await stream.head()
+                self._stream = stream
                 plan = await self._converse(stream, deadline)
             finished = True
             stream.discard()  # the rest of the response (its end) is read and dropped
@@ -159,6 +191,9 @@ class BidiAttempt:
         except TimeoutError:
             return BidiOutcome(None, "the deployment did not answer in time", self._seq)
         finally:
+            if self._lead.live.get(inv_id) == self._poke:
+                del self._lead.live[inv_id]
+            self._stream = None
             if not finished:
                 stream.reset()
 
@@ -170,8 +205,9 @@ class BidiAttempt:
         planner = self._planner
         open_ = True
         while True:
+            wait_until = min(deadline, max(loop.time() + self._idle_s, self._hold_until)) if open_ else deadline
             try:
-                async with asyncio.timeout_at(min(deadline, loop.time() + self._idle_s) if open_ else deadline):
+                async with asyncio.timeout_at(wait_until):
                     frames = await stream.frames()
             except TimeoutError:
                 if not open_ or loop.time() >= deadline:
@@ -195,11 +231,28 @@ class BidiAttempt:
                         if frame.requested_ack and frame.type == T.PROPOSE_RUN_COMPLETION and stream.version >= 7:
                             msg = cast(pb.ProposeRunCompletionMessage, protocol.parse_message(frame))
                             self._acked.add(msg.result_completion_id)
+                    elif (hold_s := self._hold_for(frame)) is not None:
+                        flush = True  # stored now; its answer is written back when it is appended
+                        self._hold_until = max(self._hold_until, loop.time() + hold_s + HOLD_SLACK_S)
                     else:
                         stream.end()  # it waits for something from outside: let it suspend
                         open_ = False
             if flush and open_:
+                self._poked, self._pushed, self._fetch = False, [], False  # the reply brings them
                 await self._append(stream, planner.take_batch())
+            elif self._poked and open_:
+                await self._forward_poked(stream)
+
+    def _hold_for(self, frame: Frame) -> float | None:
+        """How long the stream stays open for what `frame` waits on (a short sleep, a call's or
+        an attach's result); None: it ends at once."""
+        if frame.type == T.SLEEP_COMMAND:
+            msg = cast(pb.SleepCommandMessage, protocol.parse_message(frame))
+            left_s = (msg.wake_up_time - self._clock.now_ms()) / 1000
+            return max(left_s, 0.0) if left_s <= SLEEP_HOLD_S else None
+        if frame.type in (T.CALL_COMMAND, T.ATTACH_INVOCATION_COMMAND, T.GET_INVOCATION_OUTPUT_COMMAND):
+            return CALL_HOLD_S
+        return None
 
     async def _append(self, stream: AttemptStream, batch: Batch) -> None:
         """Store `batch`, then write back what the SDK does not know yet, in journal order."""
@@ -223,6 +276,26 @@ class BidiAttempt:
         out = b"".join(self._forwarded(frame) for _, frame in appended.notes)
         if out:
             await stream.send(out)
+
+    async def _forward_poked(self, stream: AttemptStream) -> None:
+        """Write back what pokes brought: straight from the poke when the notifications follow
+        what the attempt knows without a gap and nothing of its own is waiting to be stored; else
+        through an (empty or pending) append, whose reply has everything in journal order."""
+        run = self._run
+        cursor = len(run.journal)
+        pushed = sorted({note for note in self._pushed if note[0] >= cursor})  # not brought by an append yet
+        fetch = self._fetch
+        self._poked, self._pushed, self._fetch = False, [], False
+        if not pushed and not fetch:
+            return
+        contiguous = all(index == cursor + i for i, (index, _) in enumerate(pushed))
+        if fetch or not contiguous or self._planner.pending:
+            await self._append(stream, self._planner.take_batch())
+            return
+        if not self._lease_ok():
+            raise Fenced(run.target.partition)
+        run.journal.extend(frame for _, frame in pushed)
+        await stream.send(b"".join(self._forwarded(frame) for _, frame in pushed))
 
     async def _store(self, batch: Batch, cursor: int) -> Appended:
         """`append`, retried while Redis cannot be reached (a retry of a stored one is DUP)."""

@@ -65,8 +65,9 @@ class PartitionConfig:
     bidi: str = "auto"
     """Bidirectional attempts to deployments that stream (h2c, BIDI_STREAM), where a `ctx.run` or
     a lazy state read goes on in the same attempt (`partition/bidi.py`): `auto` streams the
-    attempts of handlers seen to go on at once (a plain call stays request-response, which costs
-    it less); `always` every attempt to such a deployment; `off` none (SHARDGATE_BIDI)."""
+    attempts of handlers replayed soon after their journal grew (a plain call stays
+    request-response, which costs it less); `always` every attempt to such a deployment; `off`
+    none (SHARDGATE_BIDI)."""
     request_identity_key_file: str | None = None
     """Ed25519 PKCS#8 PEM signing every request to deployments; unset = unsigned
     (SHARDGATE_REQUEST_IDENTITY_KEY_FILE)."""

@@ -56,7 +56,9 @@ holds a pooled Redis connection, and a flood of them (a sweep after a failover w
 must leave the pool to the lease renewals and the attempts' transitions."""
 MAX_FAILURE_MESSAGE = 2000
 MAX_STREAMING_HANDLERS = 4096
-"""(deployment, service, handler) whose attempts were seen to go on at once, remembered per worker."""
+LEARN_WINDOW_MS = 1500
+"""A replay this soon after the journal last grew makes its handler stream (`Driver._learn_streaming`)."""
+"""(deployment, service, handler) seen to go on soon after their waits, remembered per worker."""
 # Restate's InvokerError::UnknownDeployment (RT0011): the attempt backs off and is retried.
 PINNED_DEPLOYMENT_GONE = (
     "the invocation has a deployment id associated, but it was not found in the registry. This might indicate "
@@ -115,6 +117,7 @@ class Lead(Protocol):
 
     partition: int
     token: str
+    live: dict[str, Callable[[tuple[int, bytes] | None], None]]  # open bidirectional attempts -> their poke
 
     def resolve(self, invocation_id: str, result: pb.Result) -> None:
         """Answer every caller waiting here for the invocation's result."""
@@ -354,8 +357,6 @@ class Driver:
             self._completed(lead, run, plan.result, applied)
             return False
         if applied.outcome is ApplyOutcome.RESUME:
-            if plan.grew and run.attempt_pin is None and run.record.pinned_deployment_id is not None:
-                self._learn_streaming(run)
             return await self._resumed(lead, run, snapshot, plan, applied, replayed, new_att)
         if applied.outcome is ApplyOutcome.BAD_STATE:
             self._ignored(t, applied)
@@ -431,10 +432,14 @@ class Driver:
             lead.resume(woken)
 
     def _learn_streaming(self, run: Run) -> None:
-        """A request-response attempt stored entries and could go on at once (it proposed a run's
-        result, read lazy state ...): this handler's next attempts on its deployment stream, if
-        the deployment can."""
-        key = (run.record.pinned_deployment_id or "", run.target.service, run.record.handler)
+        """This attempt replays a journal that grew less than `LEARN_WINDOW_MS` ago: the handler
+        went on soon after its last wait (a run's result, lazy state, a short sleep, a call's
+        result), so its attempts on its deployment stream from now on, if the deployment can."""
+        pinned = run.record.pinned_deployment_id
+        if (pinned is None or not run.journal
+                or self._clock.now_ms() - run.record.last_growth_ms > LEARN_WINDOW_MS):
+            return
+        key = (pinned, run.target.service, run.record.handler)
         if key not in self._streaming:
             if len(self._streaming) >= MAX_STREAMING_HANDLERS:
                 self._streaming.clear()
@@ -442,9 +447,9 @@ class Driver:
 
     def _streams(self, deployment: Deployment, run: Run, meta: ServiceMeta) -> bool:
         """Whether the next attempt is bidirectional (`partition/bidi.py`): the deployment streams
-        (h2c, BIDI_STREAM), the handler has an inactivity timeout, and this handler's attempts were
-        seen to go on at once (`auto`: a stream costs a plain call more CPU than request-response,
-        also over h2c), or always (`always`)."""
+        (h2c, BIDI_STREAM), the handler has an inactivity timeout, and this handler was seen to go
+        on soon after its waits (`auto`, `_learn_streaming`: a stream costs a plain call more CPU
+        than request-response, also over h2c), or always (`always`)."""
         if self.bidi == "off" or not self._invoker.streams_to(deployment):
             return False
         if effective_settings(meta, meta.handlers.get(run.record.handler)).inactivity_timeout_ms <= 0:
@@ -464,6 +469,8 @@ class Driver:
         if deployment is None:
             return None, reason
         inp = _attempt_input(run, meta, self._clock.now_ms())
+        if self.bidi == "auto":
+            self._learn_streaming(run)
         streaming = self._streams(deployment, run, meta)
         async with self._slots:
             # A freeze (SIGSTOP, a VM pause) may have outlived the lease, and another worker may

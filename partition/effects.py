@@ -552,6 +552,12 @@ class AttemptPlanner:
         """A terminal frame (End, Suspension, Error) was fed."""
         return self._planner.terminal_type is not None
 
+    @property
+    def pending(self) -> bool:
+        """Something was planned since the last batch (ops or entries not taken yet)."""
+        plan = self._planner.plan
+        return bool(plan.ops or plan.entries)
+
     def feed(self, frame: Frame) -> None:
         try:
             self._planner.feed(frame)

@@ -272,9 +272,12 @@ class AttemptStream:
             raise DeploymentError(f"deployment answered content-type {got!r}, expected {self._ct!r}")
 
     async def frames(self) -> list[Frame] | None:
-        """The frames completed by the next piece of the response (maybe none); None once it ended."""
+        """The frames completed by the next piece of the response (maybe none, as after an
+        `interrupt`); None once it ended."""
         try:
             data = await self._duplex.read()
+            if data is None:
+                return []
             if not data:
                 self._decoder.close()
                 return None
@@ -295,6 +298,10 @@ class AttemptStream:
 
     def end(self) -> None:
         self._duplex.end()
+
+    def interrupt(self) -> None:
+        """Wake the `frames` call that waits (it returns no frames)."""
+        self._duplex.interrupt()
 
     def discard(self) -> None:
         """Drop the rest of the response (the attempt has what it needs); see `Duplex.discard`."""

@@ -172,6 +172,10 @@ class PartitionLeader:
         self._clock = clock
         self.waiters = Waiters()
         self._drivers: dict[str, asyncio.Task[None]] = {}
+        self.live: dict[str, Callable[[tuple[int, bytes] | None], None]] = {}
+        """Invocations with a bidirectional attempt open (`partition/bidi.py`): id -> its poke, called
+        when a transition here appended a notification to its journal (with its index and frame
+        when known)."""
         self._rewake: set[str] = set()  # woken while their driver was finishing: resume after it
         self._accepting: Counter[str] = Counter()  # ids with an accept script in flight: the sweep leaves them be
         # invoked ids without a driver because the worker has no room (`Driver.admit`), oldest first;
@@ -462,6 +466,13 @@ class PartitionLeader:
         elif self.awaited(inv_id):  # e.g. completed in a transition whose reply was lost
             await self._driver.answer_from_storage(self, t)
 
+    def _poke_live(self, inv_id: str, note: tuple[int, bytes] | None = None) -> None:
+        """A notification was appended to a running invocation (`note`: its journal index and
+        frame): its open stream, if any, forwards or fetches it."""
+        poke = self.live.get(inv_id)
+        if poke is not None:
+            poke(note)
+
     def wake(self, notified: Notified) -> None:
         """Start the invocation a notification woke (its keys came with the notify reply); a
         duplicate is re-derived, in case the wake-up it caused was lost with a reply."""
@@ -482,6 +493,8 @@ class PartitionLeader:
         notified = await self._transition(timer.invocation_id, self._scripts.notify(
             self.partition, timer.invocation_id, self.token, completion_key(cid), frame, member))
         self.wake(notified)
+        if notified.outcome is NotifyOutcome.APPLIED:
+            self._poke_live(timer.invocation_id, (notified.journal_len - 1, frame))
 
     # ---- re-deriving from Redis --------------------------------------------------------------
     async def _transition(self, inv_id: str, call: Awaitable[T]) -> T:
@@ -748,6 +761,8 @@ class PartitionLeader:
         notified = await self._transition(n.invocation_id, self._scripts.notify(
             self.partition, n.invocation_id, self.token, n.key, n.frame))
         self.wake(notified)
+        if notified.outcome is NotifyOutcome.APPLIED:
+            self._poke_live(n.invocation_id, (notified.journal_len - 1, n.frame))
         if notified.outcome is NotifyOutcome.DUP and n.invocation_id not in self._drivers:
             self.outcome_unknown(n.invocation_id)  # the wake-up of the first delivery may have been lost
         return pb.DeliverResponse(status=_DELIVER_STATUS.get(notified.outcome, pb.DELIVER_STATUS_APPLIED))
@@ -855,6 +870,8 @@ class PartitionLeader:
             self.poke(True, cancelled.parents_notified > 0)  # timers: a freed concurrency slot's next starts
         elif cancelled.outcome is ManageOutcome.APPENDED and cancelled.woken:
             self._spawn(self._resume_one(inv_id, target=t))
+        elif cancelled.outcome is ManageOutcome.APPENDED:
+            self._poke_live(inv_id)
         return cancelled
 
     async def _purge(self, inv_id: str, journal_only: bool = False) -> Managed:

@@ -297,6 +297,7 @@ class Notified:
 
     outcome: NotifyOutcome
     target: Target | None = None  # WOKEN: the invocation to restart (its keys)
+    journal_len: int = 0  # APPLIED: the journal's length, the notification its last entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +497,8 @@ class Scripts:
             svc, key, scope = reply[1]  # notify.lua: HMGET service, key, scope
             return Notified(code, Target(p, invocation_id, svc.decode(), None if key is None else key.decode(),
                                          None if scope is None else scope.decode()))
+        if code is NotifyOutcome.APPLIED:
+            return Notified(code, journal_len=int(reply[1]))
         return Notified(code)
 
     async def settle(self, partition: int, invocation_id: str, token: str, timer_member: str = "",

@@ -142,8 +142,8 @@ class _Stream:
     """One request in flight on a connection. A duplex one's `waiter` is done at the response's
     head; its data waits in `chunks` for the reader."""
 
-    __slots__ = ("answered", "body", "chunks", "discarding", "duplex", "error", "headers", "id", "local_ended", "max_body_bytes",
-                 "reader", "remote_ended", "size", "status", "waiter", "window")
+    __slots__ = ("answered", "body", "chunks", "discarding", "duplex", "error", "headers", "id", "interrupted",
+                 "local_ended", "max_body_bytes", "reader", "remote_ended", "size", "status", "waiter", "window")
 
     def __init__(self, stream_id: int, waiter: asyncio.Future[Response], max_body_bytes: int,
                  duplex: bool = False) -> None:
@@ -163,6 +163,7 @@ class _Stream:
         self.remote_ended = False  # duplex: the response ended
         self.local_ended = False  # duplex: the request ended (END_STREAM sent, or reset)
         self.discarding = False  # duplex: nobody reads any more; data is acknowledged and dropped
+        self.interrupted = False  # duplex: the next read returns None at once (`Duplex.interrupt`)
 
     def fail(self, exc: Exception) -> None:
         if not self.waiter.done():
@@ -643,10 +644,18 @@ class Duplex:
         """End the request (END_STREAM); the response goes on. Idempotent."""
         self._conn.end_request(self._stream)
 
-    async def read(self) -> bytes:
-        """The next piece of the response's body; b"" once it has ended."""
+    def interrupt(self) -> None:
+        """Make the read that waits (or the next one) return None at once, data or not."""
+        self._stream.interrupted = True
+        self._stream.wake_reader()
+
+    async def read(self) -> bytes | None:
+        """The next piece of the response's body; b"" once it has ended; None when interrupted."""
         stream = self._stream
         while True:
+            if stream.interrupted:
+                stream.interrupted = False
+                return None
             if stream.chunks:
                 data, size = stream.chunks.popleft()
                 self._conn.consumed(stream, size)

@@ -742,7 +742,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          "Restate streams bidirectionally where the SDK says BIDI_STREAM)")
     ap.add_argument("--target", default=TARGET,
                     help=f"the handler called (default {TARGET}; both deployments also serve Greeter/with_run, "
-                         "one ctx.run step)")
+                         "one ctx.run step; the TypeScript one Greeter/nap, a 100 ms sleep, and Greeter/relay, "
+                         "a call to Greeter/greet)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario (default 3)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per bench run (default 10)")
     ap.add_argument("--connections", type=int, default=32, help="closed-loop connections (default 32)")

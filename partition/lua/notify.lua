@@ -3,7 +3,9 @@
 -- KEYS[1]=lease KEYS[2]=inv KEYS[3]=journal KEYS[4]=timers KEYS[5]=active
 -- ARGV[1]=fence token ARGV[2]=invocation id ARGV[3]=notification key (c<id> | s<index> | n<hex name>)
 -- ARGV[4]=framed notification ARGV[5]=timer member to remove ('' if none)
--- returns {FENCED} | {GONE} | {DUP} | {APPLIED} | {WOKEN, {service, key, scope}}
+-- returns {FENCED} | {GONE} | {DUP} | {APPLIED, journal length} | {WOKEN, {service, key, scope}}
+-- (APPLIED: the notification is the journal's last entry, so a live attempt that knows the
+-- journal up to it can forward it without reading)
 if fenced() then
   return {NOTIFY_FENCED}
 end
@@ -20,4 +22,4 @@ end
 if wake_if_awaited(KEYS[2], KEYS[5], ARGV[2], ARGV[3], st) then
   return {NOTIFY_WOKEN, redis.call('HMGET', KEYS[2], F_SERVICE, F_KEY, F_SCOPE)}
 end
-return {NOTIFY_APPLIED}
+return {NOTIFY_APPLIED, redis.call('LLEN', KEYS[3])}

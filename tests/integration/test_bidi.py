@@ -57,10 +57,15 @@ def _schema(conformance_uri: str, durable_uri: str, http_11_attempts: bool) -> S
     greeter = ServiceMeta(name="Greeter", ty=ServiceType.SERVICE, deployment_id=greet_dep.id,
                           handlers={h: HandlerMeta(name=h, ty=None) for h in ("greet", "with_run")})
     durable = ServiceMeta(name="Durable", ty=ServiceType.SERVICE, deployment_id=durable_dep.id,
-                          handlers={"run_once": HandlerMeta(name="run_once", ty=None)})
+                          handlers={h: HandlerMeta(name=h, ty=None) for h in ("run_once", "sleep_ms")})
+    middle = ServiceMeta(name="Middle", ty=ServiceType.SERVICE, deployment_id=durable_dep.id,
+                         handlers={"step": HandlerMeta(name="step", ty=None)})
+    leaf = ServiceMeta(name="Leaf", ty=ServiceType.SERVICE, deployment_id=durable_dep.id,
+                       handlers={"double": HandlerMeta(name="double", ty=None)})
     lazy = ServiceMeta(name="LazyLedger", ty=ServiceType.VIRTUAL_OBJECT, deployment_id=durable_dep.id,
                        handlers={"add": HandlerMeta(name="add", ty=HandlerType.EXCLUSIVE)}, enable_lazy_state=True)
-    return SchemaSnapshot(version=1, services={"Greeter": greeter, "Durable": durable, "LazyLedger": lazy},
+    return SchemaSnapshot(version=1, services={"Greeter": greeter, "Durable": durable, "LazyLedger": lazy,
+                                               "Middle": middle, "Leaf": leaf},
                           deployments={greet_dep.id: greet_dep, durable_dep.id: durable_dep})
 
 
@@ -144,22 +149,47 @@ async def test_lazy_state_is_answered_on_the_stream(worker: Worker, redis_url: s
     assert await worker.redis.hgetall(keys.state(p, "LazyLedger", key)) == {b"total": b"7", b"count": b"2"}
 
 
-async def test_a_run_then_a_sleep_ends_the_stream_and_the_timer_resumes_it(
-        worker: Worker, counter_dir: Path) -> None:
-    """Durable/run_once: the run's result comes back on the stream; the sleep after it ends the
-    request (nothing would tell the stream when the timer fires), the SDK suspends, and the timer
-    starts the attempt that ends it."""
+async def test_a_run_then_a_short_sleep_go_on_in_the_same_attempt(worker: Worker, counter_dir: Path) -> None:
+    """Durable/run_once: the run's result comes back on the stream; the 50 ms sleep after it is
+    stored by an append and waited for on the open stream; the timer's notify pokes the stream
+    with the completion and its journal index, which follows what the attempt knows: it is
+    written back without another script."""
     result, sent, took = await worker.call(_request("Durable", None, "run_once", "r1", "bidi-once"))
     assert (result.failure_code, result.value) == (0, b"1")
     assert read_counter("r1", counter_dir) == 1
-    assert sent["append"] == 1 and sent["notify"] == 1
+    assert sent == {"accept": 1, "append": 2, "notify": 1, "apply": 1}
+    assert took == {"h2c_bidi": 1}
+
+
+async def test_a_long_sleep_ends_the_stream_and_the_timer_resumes_it(worker: Worker) -> None:
+    result, sent, took = await worker.call(_request("Durable", None, "sleep_ms", 1500, "bidi-long-sleep"))
+    assert (result.failure_code, result.value) == (0, b"1500")
+    assert took == {"h2c_bidi": 2} and "append" not in sent  # ended at once: stored by the suspension
+
+
+async def test_a_call_result_reaches_the_open_stream(worker: Worker) -> None:
+    """Middle/step calls Leaf/double: the callee's result comes through the outbox and the notify
+    pokes the caller's stream. One attempt each."""
+    result, _, took = await worker.call(_request("Middle", None, "step", 20, "bidi-step"))
+    assert (result.failure_code, result.value) == (0, b"41")
+    assert took == {"h2c_bidi": 2}
+
+
+async def test_a_lost_poke_costs_time_not_the_result(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the poke the stream waits for the sleep's hold to run out, ends, and the SDK
+    suspends: the suspension finds the completion stored and the next attempt ends it."""
+    for p in range(P):
+        monkeypatch.setattr(worker.service.leader(p), "_poke_live", lambda inv_id: None)
+    result, _, took = await worker.call(_request("Durable", None, "sleep_ms", 100, "bidi-no-poke"))
+    assert (result.failure_code, result.value) == (0, b"100")
     assert took == {"h2c_bidi": 2}
 
 
 @pytest.mark.parametrize("worker", [("auto", True)], indirect=True)
 async def test_auto_streams_a_handler_once_an_attempt_of_it_went_on_at_once(worker: Worker) -> None:
     """Registered for h2c but answering HTTP/1.1 too: plain calls stay request-response over
-    HTTP/1.1; a run's attempt resumes at once, and from then on that handler streams."""
+    HTTP/1.1; a handler whose next attempt replays a journal that just grew (a run, a short
+    sleep) streams from that attempt on."""
     _, _, took = await worker.call(_request("Greeter", None, "greet", "Cy", "auto-greet-1"))
     assert took == {"http1": 1}
     _, _, took = await worker.call(_request("Greeter", None, "with_run", "Cy", "auto-run-1"))
@@ -169,6 +199,11 @@ async def test_auto_streams_a_handler_once_an_attempt_of_it_went_on_at_once(work
     assert sent == {"accept": 1, "append": 1, "apply": 1}
     _, _, took = await worker.call(_request("Greeter", None, "greet", "Ed", "auto-greet-2"))
     assert took == {"http1": 1}
+    # a 100 ms sleep: the timer's resume replays a journal that just grew, so the handler streams
+    _, _, took = await worker.call(_request("Durable", None, "sleep_ms", 100, "auto-sleep-1"))
+    assert took == {"http1": 1, "h2c_bidi": 1}
+    result, _, took = await worker.call(_request("Durable", None, "sleep_ms", 100, "auto-sleep-2"))
+    assert (result.value, took) == (b"100", {"h2c_bidi": 1})
 
 
 @pytest.mark.parametrize("worker", [("auto", False)], indirect=True)
@@ -227,3 +262,18 @@ async def test_a_stream_refused_before_any_answer_is_opened_once_more(
     assert (result.failure_code, result.value) == (0, b'"side-effect for Jo"')
     assert opened == ["with_run", "with_run"] and took == {"h2c_bidi": 2}
     assert sent == {"accept": 1, "append": 1, "apply": 1}  # no failed attempt was recorded
+
+
+async def test_a_cancel_while_the_stream_waits_is_fetched_and_written_back(worker: Worker) -> None:
+    """A cancel appends its signal without a frame for the poke: the stream fetches it with an
+    (empty) append and the SDK ends the invocation as cancelled, in the same attempt."""
+    req = _request("Durable", None, "sleep_ms", 900, "bidi-cancel")
+    call = asyncio.ensure_future(worker.call(req))
+    leader = worker.service.leader(req.partition)
+    async with asyncio.timeout(DEADLINE_S):
+        while req.invocation_id not in leader.live or not await worker.redis.zcard(keys.timers(req.partition)):
+            await asyncio.sleep(0.01)
+    assert (await leader._cancel(req.invocation_id)).outcome.value == "APPENDED"
+    result, sent, took = await call
+    assert result.failure_code == 409, result
+    assert took == {"h2c_bidi": 1} and sent["append"] == 2  # the sleep, then the fetch

@@ -7,6 +7,8 @@
 //   Greeter/with_run  one ctx.run step, then the greeting
 //   Greeter/noop      returns nothing
 //   Greeter/park      sleeps an hour (durable timer: the invocation suspends), then returns nothing
+//   Greeter/nap       a 100 ms durable sleep, then the greeting
+//   Greeter/relay     calls Greeter/greet (a call between two invocations), returns its answer
 //
 // Run:  PORT=9081 [SERVE=h2c] node service.js   (binds 127.0.0.1; HOST overrides). compare.py copies this file
 // next to the node_modules it installs under .cache/compare/ts and starts it from there.
@@ -29,9 +31,15 @@ if (typeof Promise.withResolvers !== "function") {
 }
 
 function greeterService(restate) {
-  return restate.service({
+  let greeter = null;
+  greeter = restate.service({
     name: "Greeter",
     handlers: {
+      nap: async (ctx, name) => {
+        await ctx.sleep(100);
+        return `Hello, ${name}!`;
+      },
+      relay: async (ctx, name) => ctx.serviceClient(greeter).greet(name),
       greet: async (_ctx, name) => `Hello, ${name}!`,
       with_run: async (ctx, name) => {
         const upper = await ctx.run("upper", () => String(name).toUpperCase());
@@ -43,6 +51,7 @@ function greeterService(restate) {
       },
     },
   });
+  return greeter;
 }
 
 function http1Handler(restate, services) {
