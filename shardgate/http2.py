@@ -249,12 +249,8 @@ class _Connection(asyncio.Protocol):
             if stream.waiter.done():  # answered, reset or failed meanwhile
                 self._cancel_upload(stream.id)
                 return
-            window = min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size)
-            if window <= 0:
-                self._flush()
-                stream.window = asyncio.get_running_loop().create_future()
-                await stream.window
-                stream.window = None
+            window = await self._window(stream)
+            if not window:
                 continue
             chunk = bytes(view[offset:offset + window])
             offset += len(chunk)
@@ -264,6 +260,20 @@ class _Connection(asyncio.Protocol):
                 stream.fail(Http2Error(f"cannot send the request body: {e}"))
                 return
         self._flush()
+
+    async def _window(self, stream: _Stream) -> int:
+        """How much of a body may go out now (one frame at most); 0 after waiting for the peer's
+        window to grow (the caller checks the stream again, then asks once more)."""
+        window = min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size)
+        if window > 0:
+            return window
+        self._flush()
+        stream.window = asyncio.get_running_loop().create_future()
+        try:
+            await stream.window
+        finally:
+            stream.window = None
+        return 0
 
     async def send_more(self, stream: _Stream, data: bytes) -> None:
         """Part of a duplex request's body, in frames as the peer's windows allow (without ending
@@ -275,12 +285,8 @@ class _Connection(asyncio.Protocol):
                 raise stream.error
             if stream.local_ended or stream.remote_ended:
                 raise Http2Error("the stream has ended")
-            window = min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size)
-            if window <= 0:
-                self._flush()
-                stream.window = asyncio.get_running_loop().create_future()
-                await stream.window
-                stream.window = None
+            window = await self._window(stream)
+            if not window:
                 continue
             chunk = bytes(view[offset:offset + window])
             offset += len(chunk)

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,21 @@ async def poll(what: str, deadline_s: float, probe: Callable[[], Awaitable[T | N
             detail = await diag() if diag is not None else ""
             pytest.fail(f"timed out after {deadline_s}s waiting for {what} (last error: {last!r})\n{detail}")
         await asyncio.sleep(interval_s)
+
+
+async def attempts_by_transport(http: aiohttp.ClientSession, metrics_urls: Iterable[str]) -> dict[str, float]:
+    """Attempts the workers sent to deployments so far, per transport, summed over their
+    `/metrics` (`shardgate_partition_deployment_attempts_total{transport}`)."""
+    totals: dict[str, float] = {}
+    for url in metrics_urls:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith("shardgate_partition_deployment_attempts_total{"):
+                labels, value = line.rsplit(" ", 1)
+                transport = labels.split('transport="', 1)[1].split('"', 1)[0]
+                totals[transport] = totals.get(transport, 0.0) + float(value)
+    return totals
 
 
 def unique(prefix: str) -> str:

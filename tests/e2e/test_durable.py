@@ -39,7 +39,7 @@ import pytest
 import pytest_asyncio
 
 from sgtools.dev import ClusterSpec, DevCluster
-from tests.clusters import poll, unique
+from tests.clusters import attempts_by_transport, poll, unique
 from tests.deployments import serve_sdk_app
 from tests.services.durable_service import COUNTER_DIR_ENV, read_counter
 
@@ -516,19 +516,11 @@ async def test_cancel_a_sleeping_invocation(target: Target) -> None:
 @pytest.mark.timeout(30)
 async def test_the_attempts_took_the_transports_of_the_bidi_mode(target: Target) -> None:
     """Last in the module: with SHARDGATE_BIDI=always (v7) every attempt above was bidirectional;
-    with auto (v6) the handlers that suspend on what they just proposed streamed, the rest stayed
+    with auto (v6) the handlers replayed soon after their journal grew streamed, the rest stayed
     request-response over HTTP/1.1."""
     if not target.metrics:
         pytest.skip("the transport counters are shardgate's")
-    totals: dict[str, float] = {}
-    for url in target.metrics:
-        async with target.http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
-            text = await r.text()
-        for line in text.splitlines():
-            if line.startswith("shardgate_partition_deployment_attempts_total{"):
-                labels, value = line.rsplit(" ", 1)
-                transport = labels.split('transport="', 1)[1].split('"', 1)[0]
-                totals[transport] = totals.get(transport, 0.0) + float(value)
+    totals = await attempts_by_transport(target.http, target.metrics)
     if target.label == "v7":
         assert totals.get("h2c_bidi", 0) > 0 and totals.get("http1", 0) == 0, totals
     else:

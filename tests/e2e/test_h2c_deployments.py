@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 
 from sgtools.dev import ClusterSpec, DevCluster
-from tests.clusters import poll, unique
+from tests.clusters import attempts_by_transport, poll, unique
 from tests.deployments import ensure_ts_sdk, serve_ts_app
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -65,17 +65,8 @@ class Env:
 
     async def attempts(self) -> dict[str, float]:
         """Attempts sent so far by all workers, per transport (`..._deployment_attempts_total`)."""
-        totals: dict[str, float] = {}
-        for worker in self.cluster.workers:
-            async with self.http.get(f"http://127.0.0.1:{worker.metrics_port}/metrics",
-                                     timeout=aiohttp.ClientTimeout(total=10)) as r:
-                text = await r.text()
-            for line in text.splitlines():
-                if line.startswith("shardgate_partition_deployment_attempts_total{"):
-                    labels, value = line.rsplit(" ", 1)
-                    transport = labels.split('transport="', 1)[1].split('"', 1)[0]
-                    totals[transport] = totals.get(transport, 0.0) + float(value)
-        return totals
+        return await attempts_by_transport(
+            self.http, [f"http://127.0.0.1:{w.metrics_port}/metrics" for w in self.cluster.workers])
 
     async def transports_of(self, target: str, body: Any, expected: Any) -> set[str]:
         """Call `target` (it must answer 200 `expected`); the transports whose counters moved."""

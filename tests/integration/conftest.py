@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_py
@@ -116,3 +117,9 @@ async def lease_token(scripts: Scripts, partition: int, worker: str = "w1", ttl_
                                       args=[worker, ttl_ms, "127.0.0.1:1"])
     assert raw is not None
     return str(raw.decode())
+
+
+async def own_partitions(service: Any, scripts: Scripts, partitions: int, ttl_ms: int = 120_000) -> None:
+    """Make `service` (a `PartitionService`) the owner of every partition, each under a fresh lease."""
+    for p in range(partitions):
+        service.on_acquired(p, await lease_token(scripts, p, ttl_ms=ttl_ms))

@@ -34,6 +34,7 @@ from partition.transition import (
 from shardgate import protocol
 from shardgate.protocol import MessageType as T
 from shardgate.sharding import idempotent_invocation_id
+from tests.integration.conftest import lease_token
 
 P = 5
 PIN = PinnedDeployment("dp_1first", 5)
@@ -45,10 +46,7 @@ async def scripts(redis: Redis) -> Scripts:
 
 
 async def _lease(scripts: Scripts, worker: str = "w1") -> str:
-    tok = await scripts.lease_acquire(keys=[keys.lease(P), keys.epoch(P), keys.route(P)],
-                                      args=[worker, 5000, "127.0.0.1:1"])
-    assert tok is not None
-    return tok.decode()
+    return await lease_token(scripts, P, worker)
 
 
 def _t(n: int, service: str = "Counter", key: str | None = "k") -> Target:

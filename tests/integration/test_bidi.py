@@ -25,7 +25,7 @@ from shardgate import http2
 from shardgate.schema import Deployment, HandlerMeta, HandlerType, SchemaSnapshot, ServiceMeta, ServiceType
 from shardgate.sharding import idempotent_invocation_id, partition_of
 from tests.deployments import serve_sdk_app
-from tests.integration.conftest import lease_token
+from tests.integration.conftest import own_partitions
 from tests.integration.counting import CountingRedis, counted_scripts
 from tests.services.durable_service import COUNTER_DIR_ENV, read_counter
 
@@ -90,8 +90,7 @@ class Worker:
 
     async def start(self) -> None:
         await self.invoker.start()
-        for p in range(P):
-            self.service.on_acquired(p, await lease_token(self.scripts, p, ttl_ms=120_000))
+        await own_partitions(self.service, self.scripts, P)
 
     async def stop(self) -> None:
         await self.service.shutdown()

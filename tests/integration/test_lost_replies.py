@@ -265,20 +265,27 @@ async def test_an_apply_redis_did_not_answer_keeps_the_proposed_run_result(
         lossy: LossyRedis, sdk_deployment: str, chain_deployment: str, counter_dir: Path, mode: str, k: int) -> None:
     """The driver retries the apply until Redis answers: the ctx.run ran once, also when the apply
     ran but its reply was lost (the retry is refused by the status check or the apply's nonce)."""
-    worker = Worker(lossy, sdk_deployment, chain_deployment)
+    await _run_once_losing(Worker(lossy, sdk_deployment, chain_deployment), lossy, counter_dir,
+                           f"apply-{mode}-{k}", mode, "apply", k)
+
+
+async def _run_once_losing(worker: Worker, lossy: LossyRedis, counter_dir: Path, name: str, mode: str,
+                           script: str, k: int) -> None:
+    """Durable/run_once on `worker` with the k-th call of `script` refused (`mode` "refuse") or
+    its reply dropped ("drop"): the fault was injected, the call answered the run's count and
+    the closure ran exactly once."""
     await worker.start()
-    name = f"apply-{mode}-{k}"
     if mode == "refuse":
-        lossy.refuse = {"apply": k}
+        lossy.refuse = {script: k}
     else:
-        lossy.drop = {"apply": k}
+        lossy.drop = {script: k}
     try:
         req = _request("Durable", None, "run_once", json.dumps(name).encode(), f"once-{name}")
         async with asyncio.timeout(DEADLINE_S):
             result = await worker.answer(req)
     finally:
         await worker.stop()
-    assert lossy.lost == ["apply"], f"the fault was injected ({dict(lossy.calls)})"
+    assert lossy.lost == [script], f"the fault was injected ({dict(lossy.calls)})"
     assert (result.failure_code, result.value) == (0, b"1"), "the run's journaled count"
     assert read_counter(name, counter_dir) == 1, "the ctx.run closure ran exactly once"
 
@@ -288,26 +295,12 @@ async def test_a_streamed_run_result_is_stored_once_whatever_reply_is_lost(
         lossy: LossyRedis, sdk_deployment: str, chain_deployment: str, counter_dir: Path, mode: str,
         script: str) -> None:
     """Durable/run_once in bidirectional attempts: the run's proposal is stored by an append while
-    the stream stays open (then the SDK sleeps: the stream ends, the timer resumes it). An append
+    the stream stays open (then the SDK's short sleep is waited for on the stream). An append
     that never reached Redis is sent again; one whose reply was lost is sent again and found
     stored (DUP): the closure ran once, one RunCompletion in the journal."""
-    worker = Worker(lossy, sdk_deployment, chain_deployment, streaming=True)
-    await worker.start()
-    name = f"stream-{mode}-{script}"
-    if mode == "refuse":
-        lossy.refuse = {script: 1}
-    else:
-        lossy.drop = {script: 1}
-    try:
-        req = _request("Durable", None, "run_once", json.dumps(name).encode(), f"once-{name}")
-        async with asyncio.timeout(DEADLINE_S):
-            result = await worker.answer(req)
-    finally:
-        await worker.stop()
-    assert lossy.lost == [script], f"the fault was injected ({dict(lossy.calls)})"
+    await _run_once_losing(Worker(lossy, sdk_deployment, chain_deployment, streaming=True), lossy, counter_dir,
+                           f"stream-{mode}-{script}", mode, script, 1)
     assert lossy.calls["append"] >= 1, "the run's result was stored by an append"
-    assert (result.failure_code, result.value) == (0, b"1"), "the run's journaled count"
-    assert read_counter(name, counter_dir) == 1, "the ctx.run closure ran exactly once"
 
 
 class HeldLeases:

@@ -45,12 +45,17 @@ class Seen:
     headers: list[dict[str, str]] = field(default_factory=list)
 
 
+async def _lifespan(receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    """The ASGI lifespan protocol, nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 def _echo_app(seen: Seen) -> Callable[..., Awaitable[None]]:
     async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await _lifespan(receive, send)
             return
         seen.clients.add(tuple(scope["client"]))
         seen.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
@@ -73,14 +78,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def hypercorn_server() -> AsyncIterator[tuple[int, Seen]]:
-    seen, port = Seen(), _free_port()
+@contextlib.asynccontextmanager
+async def _hypercorn(app: Callable[..., Awaitable[None]]) -> AsyncIterator[int]:
+    """`app` served by hypercorn on a free port (HTTP/1.1 and h2c), once it answers; its port."""
+    port = _free_port()
     config = Config()
     config.bind = [f"{HOST}:{port}"]
     config.accesslog = config.errorlog = None
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(_echo_app(seen), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     try:
         with contextlib.closing(H2Pool()) as pool:
             for _ in range(200):  # until it listens
@@ -89,12 +95,19 @@ async def hypercorn_server() -> AsyncIterator[tuple[int, Seen]]:
                     break
                 except OSError:
                     await asyncio.sleep(0.02)
-        seen.clients.clear()
-        seen.headers.clear()
-        yield port, seen
+        yield port
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def hypercorn_server() -> AsyncIterator[tuple[int, Seen]]:
+    seen = Seen()
+    async with _hypercorn(_echo_app(seen)) as port:
+        seen.clients.clear()
+        seen.headers.clear()
+        yield port, seen
 
 
 async def test_a_request_and_its_response(hypercorn_server: tuple[int, Seen]) -> None:
@@ -367,9 +380,7 @@ def _upper_app() -> Callable[..., Awaitable[None]]:
     its response when the request ends (as an SDK in bidirectional mode does)."""
     async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await _lifespan(receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"x/upper")]})
         while True:
@@ -387,24 +398,8 @@ def _upper_app() -> Callable[..., Awaitable[None]]:
 
 @pytest.fixture
 async def upper_server() -> AsyncIterator[int]:
-    port = _free_port()
-    config = Config()
-    config.bind = [f"{HOST}:{port}"]
-    config.accesslog = config.errorlog = None
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(_upper_app(), config, shutdown_trigger=stop.wait))
-    try:
-        with contextlib.closing(H2Pool()) as pool:
-            for _ in range(200):  # until it listens
-                try:
-                    await pool.request(HOST, port, _request(), 2, 2)
-                    break
-                except OSError:
-                    await asyncio.sleep(0.02)
+    async with _hypercorn(_upper_app()) as port:
         yield port
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def _read_exactly(duplex: http2.Duplex, size: int) -> bytes:
@@ -470,6 +465,18 @@ async def _duplex_server(on_event: Callable[[h2.connection.H2Connection, h2.even
     return server, server.sockets[0].getsockname()[1]
 
 
+@contextlib.asynccontextmanager
+async def _duplex_serving(on_event: Callable[[h2.connection.H2Connection, h2.events.Event], None]
+                          ) -> AsyncIterator[tuple[int, H2Pool]]:
+    """A raw h2 server (`_duplex_server`) and a pool, both closed afterwards."""
+    server, port = await _duplex_server(on_event)
+    try:
+        with contextlib.closing(H2Pool()) as pool:
+            yield port, pool
+    finally:
+        server.close()
+
+
 async def test_a_duplex_reader_that_falls_behind_holds_the_peer_back() -> None:
     """Data a duplex reader has not taken is not acknowledged: the server can send one stream
     window and no more until the reader reads; then the rest arrives."""
@@ -495,22 +502,18 @@ async def test_a_duplex_reader_that_falls_behind_holds_the_peer_back() -> None:
         elif isinstance(event, h2.events.StreamEnded) and event.stream_id != 1:
             respond(conn, event.stream_id, b"pong")
 
-    server, port = await _duplex_server(on_event)
-    try:
-        with contextlib.closing(H2Pool()) as pool:
-            duplex = await pool.open(HOST, port, _request(b""), 2)
-            await asyncio.wait_for(duplex.response(), 5)
-            stream = duplex._stream
-            while sum(len(d) for d, _ in stream.chunks) < window:  # the first window arrives unread
-                stream.reader = asyncio.get_running_loop().create_future()
-                await asyncio.wait_for(stream.reader, 5)
-                stream.reader = None
-            # a full round trip on the same connection: any acknowledgement would have let more through
-            assert (await pool.request(HOST, port, _request(b"ping"), 5, 2)).body == b"pong"
-            assert sum(len(d) for d, _ in stream.chunks) == window == sent["bytes"]
-            assert await _read_exactly(duplex, total) == b"d" * total  # reading lets the rest come
-    finally:
-        server.close()
+    async with _duplex_serving(on_event) as (port, pool):
+        duplex = await pool.open(HOST, port, _request(b""), 2)
+        await asyncio.wait_for(duplex.response(), 5)
+        stream = duplex._stream
+        while sum(len(d) for d, _ in stream.chunks) < window:  # the first window arrives unread
+            stream.reader = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(stream.reader, 5)
+            stream.reader = None
+        # a full round trip on the same connection: any acknowledgement would have let more through
+        assert (await pool.request(HOST, port, _request(b"ping"), 5, 2)).body == b"pong"
+        assert sum(len(d) for d, _ in stream.chunks) == window == sent["bytes"]
+        assert await _read_exactly(duplex, total) == b"d" * total  # reading lets the rest come
 
 
 async def test_a_duplex_stream_the_peer_resets_fails_its_reader_and_sender() -> None:
@@ -524,20 +527,16 @@ async def test_a_duplex_stream_the_peer_resets_fails_its_reader_and_sender() -> 
         elif isinstance(event, h2.events.StreamEnded) and event.stream_id != 1:
             respond(conn, event.stream_id, b"still here")
 
-    server, port = await _duplex_server(on_event)
-    try:
-        with contextlib.closing(H2Pool()) as pool:
-            duplex = await pool.open(HOST, port, _request(b""), 2)
-            assert await asyncio.wait_for(duplex.read(), 5) == b"partial"
-            await duplex.send(b"x")
-            with pytest.raises(Http2Error, match="INTERNAL_ERROR"):
-                await asyncio.wait_for(duplex.read(), 5)
-            with pytest.raises(Http2Error, match="INTERNAL_ERROR"):
-                await duplex.send(b"y")
-            duplex.reset()  # harmless after the peer's reset
-            assert (await pool.request(HOST, port, _request(), 5, 2)).body == b"still here"
-    finally:
-        server.close()
+    async with _duplex_serving(on_event) as (port, pool):
+        duplex = await pool.open(HOST, port, _request(b""), 2)
+        assert await asyncio.wait_for(duplex.read(), 5) == b"partial"
+        await duplex.send(b"x")
+        with pytest.raises(Http2Error, match="INTERNAL_ERROR"):
+            await asyncio.wait_for(duplex.read(), 5)
+        with pytest.raises(Http2Error, match="INTERNAL_ERROR"):
+            await duplex.send(b"y")
+        duplex.reset()  # harmless after the peer's reset
+        assert (await pool.request(HOST, port, _request(), 5, 2)).body == b"still here"
 
 
 async def test_resetting_a_duplex_stream_frees_its_slot_and_tells_the_peer() -> None:
@@ -552,20 +551,16 @@ async def test_resetting_a_duplex_stream_frees_its_slot_and_tells_the_peer() -> 
             resets.append(event.stream_id)
             got_reset.set()
 
-    server, port = await _duplex_server(on_event)
-    try:
-        with contextlib.closing(H2Pool()) as pool:
-            duplex = await pool.open(HOST, port, _request(b"hello"), 2)
-            await asyncio.wait_for(duplex.response(), 5)
-            duplex.reset()
-            await asyncio.wait_for(got_reset.wait(), 5)
-            assert resets == [1]
-            conns = [c for cs in pool._conns.values() for c in cs]
-            assert len(conns) == 1 and not conns[0].streams
-            with pytest.raises(Http2Error, match="reset"):
-                await duplex.read()
-    finally:
-        server.close()
+    async with _duplex_serving(on_event) as (port, pool):
+        duplex = await pool.open(HOST, port, _request(b"hello"), 2)
+        await asyncio.wait_for(duplex.response(), 5)
+        duplex.reset()
+        await asyncio.wait_for(got_reset.wait(), 5)
+        assert resets == [1]
+        conns = [c for cs in pool._conns.values() for c in cs]
+        assert len(conns) == 1 and not conns[0].streams
+        with pytest.raises(Http2Error, match="reset"):
+            await duplex.read()
 
 
 async def test_a_discarded_duplex_stream_is_drained_without_a_reader_then_leaves() -> None:
@@ -587,22 +582,18 @@ async def test_a_discarded_duplex_stream_is_drained_without_a_reader_then_leaves
         elif isinstance(event, h2.events.StreamReset):
             finish.set()
 
-    server, port = await _duplex_server(on_event)
-    try:
-        with contextlib.closing(H2Pool()) as pool:
-            first = await pool.open(HOST, port, _request(b""), 2)
-            assert await asyncio.wait_for(first.read(), 5)
-            first.discard(5.0)
-            conn = next(c for cs in pool._conns.values() for c in cs)
-            await poll_until(lambda: not conn.streams)
-            silent = await pool.open(HOST, port, _request(b""), 2)  # this one never ends its answer
-            await asyncio.wait_for(silent.response(), 5)
-            silent_id = silent._stream.id
-            silent.discard(0.05)
-            await asyncio.wait_for(finish.wait(), 5)
-            assert silent_id not in conn.streams and seen["ended"] == 2
-    finally:
-        server.close()
+    async with _duplex_serving(on_event) as (port, pool):
+        first = await pool.open(HOST, port, _request(b""), 2)
+        assert await asyncio.wait_for(first.read(), 5)
+        first.discard(5.0)
+        conn = next(c for cs in pool._conns.values() for c in cs)
+        await poll_until(lambda: not conn.streams)
+        silent = await pool.open(HOST, port, _request(b""), 2)  # this one never ends its answer
+        await asyncio.wait_for(silent.response(), 5)
+        silent_id = silent._stream.id
+        silent.discard(0.05)
+        await asyncio.wait_for(finish.wait(), 5)
+        assert silent_id not in conn.streams and seen["ended"] == 2
 
 
 async def poll_until(condition: Callable[[], bool], deadline_s: float = 5.0) -> None:
