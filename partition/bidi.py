@@ -31,14 +31,10 @@ after Redis could not be reached is DUP when the first try landed: nothing is st
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from partition.effects import (
     AttemptPlan,
@@ -51,6 +47,7 @@ from partition.effects import (
 )
 from partition.errors import DeploymentError, Fenced
 from partition.invoker import AttemptStream
+from partition.retry import while_unreachable
 from partition.scripts import Appended, Scripts
 from partition.transition import AppendOutcome
 from sgproto.protocol.v1 import protocol_pb2 as pb
@@ -62,8 +59,6 @@ from shardgate.protocol import MessageType as T
 if TYPE_CHECKING:
     from partition.driver import Run
 
-log = logging.getLogger(__name__)
-
 IDLE_S = 0.1
 """How long the request stays open with nothing coming from the SDK after the last exchange."""
 SLEEP_HOLD_S = 1.0
@@ -72,8 +67,6 @@ is written back when it fires); a longer one ends the request, and the SDK suspe
 CALL_HOLD_S = 1.0
 """How long the stream stays open for a call's result (or an attach's, an output read's)."""
 HOLD_SLACK_S = 0.2
-APPEND_RETRY_MIN_S = 0.05
-APPEND_RETRY_MAX_S = 1.0
 
 ANSWERED_HERE = frozenset({
     T.PROPOSE_RUN_COMPLETION, T.GET_LAZY_STATE_COMMAND, T.GET_LAZY_STATE_KEYS_COMMAND,
@@ -92,11 +85,16 @@ class AttemptStopped(Exception):
     """An append found the invocation no longer invoked (killed, or completed elsewhere)."""
 
 
+Poke = Callable[[tuple[int, bytes] | None], None]
+"""What a live attempt's leader calls when it appended a notification to the invocation: with the
+notification's journal index and frame, or None when it cannot say (the attempt fetches it)."""
+
+
 class Pokes(Protocol):
     """What the partition leader is told after an append, and where a live attempt registers the
     poke its leader calls when a notification was appended to the invocation (`driver.Lead`)."""
 
-    live: dict[str, Callable[[tuple[int, bytes] | None], None]]
+    live: dict[str, Poke]
 
     def poke(self, timers: bool, outbox: bool) -> None: ...
 
@@ -107,7 +105,6 @@ class Pokes(Protocol):
 class BidiOutcome:
     plan: AttemptPlan | None  # the terminal's part (ops not appended yet); None: failed, see failure
     failure: str = ""
-    appends: int = 0
 
 
 def _before_any_answer(e: DeploymentError) -> bool:
@@ -137,7 +134,6 @@ class BidiAttempt:
         self._nonce = os.urandom(8).hex()
         self._seq = 0
         self._acked: set[int] = set()  # v7: run proposals that asked for an acknowledgement
-        self._poked = False  # a notification was appended meanwhile: forward or fetch it
         self._pushed: list[tuple[int, bytes]] = []  # the poked notifications that came with their index
         self._fetch = False  # a poke without its notification: the next append fetches it
         self._stream: AttemptStream | None = None
@@ -146,7 +142,6 @@ class BidiAttempt:
     def _poke(self, note: tuple[int, bytes] | None) -> None:
         """The leader appended a notification to this invocation (a timer, a call's result ...);
         `note`, its journal index and frame, when the transition said."""
-        self._poked = True
         if note is not None:
             self._pushed.append(note)
         else:
@@ -181,15 +176,15 @@ class BidiAttempt:
                 plan = await self._converse(stream, deadline)
             finished = True
             stream.discard()  # the rest of the response (its end) is read and dropped
-            return BidiOutcome(plan, "", self._seq)
+            return BidiOutcome(plan, "")
         except CommandRejected as e:
-            return BidiOutcome(rejected_plan(e), "", self._seq)
+            return BidiOutcome(rejected_plan(e), "")
         except PlanError as e:
-            return BidiOutcome(None, f"protocol violation: {e}", self._seq)
+            return BidiOutcome(None, f"protocol violation: {e}")
         except DeploymentError as e:
-            return BidiOutcome(None, str(e), self._seq)
+            return BidiOutcome(None, str(e))
         except TimeoutError:
-            return BidiOutcome(None, "the deployment did not answer in time", self._seq)
+            return BidiOutcome(None, "the deployment did not answer in time")
         finally:
             if self._lead.live.get(inv_id) == self._poke:
                 del self._lead.live[inv_id]
@@ -238,9 +233,9 @@ class BidiAttempt:
                         stream.end()  # it waits for something from outside: let it suspend
                         open_ = False
             if flush and open_:
-                self._poked, self._pushed, self._fetch = False, [], False  # the reply brings them
+                self._pushed, self._fetch = [], False  # the append's reply brings what they announced
                 await self._append(stream, planner.take_batch())
-            elif self._poked and open_:
+            elif (self._pushed or self._fetch) and open_:
                 await self._forward_poked(stream)
 
     def _hold_for(self, frame: Frame) -> float | None:
@@ -285,7 +280,7 @@ class BidiAttempt:
         cursor = len(run.journal)
         pushed = sorted({note for note in self._pushed if note[0] >= cursor})  # not brought by an append yet
         fetch = self._fetch
-        self._poked, self._pushed, self._fetch = False, [], False
+        self._pushed, self._fetch = [], False
         if not pushed and not fetch:
             return
         contiguous = all(index == cursor + i for i, (index, _) in enumerate(pushed))
@@ -300,16 +295,12 @@ class BidiAttempt:
     async def _store(self, batch: Batch, cursor: int) -> Appended:
         """`append`, retried while Redis cannot be reached (a retry of a stored one is DUP)."""
         run = self._run
-        delay_s = APPEND_RETRY_MIN_S
-        while True:
-            try:
-                return await self._scripts.append(run.target, run.token, self._clock.now_ms(), cursor, self._nonce,
-                                                  self._seq, batch.ops, run.attempt_pin)
-            except (RedisConnectionError, RedisTimeoutError) as e:
-                log.warning("cannot store a live attempt's entries (%s); retrying in %.2f s", e, delay_s,
-                            extra={"invocation_id": run.target.invocation_id, "partition": run.target.partition})
-                await self._clock.sleep(delay_s)
-                delay_s = min(delay_s * 2, APPEND_RETRY_MAX_S)
+        appended, _ = await while_unreachable(
+            lambda: self._scripts.append(run.target, run.token, self._clock.now_ms(), cursor, self._nonce, self._seq,
+                                         batch.ops, run.attempt_pin),
+            self._clock, "a live attempt's entries",
+            {"invocation_id": run.target.invocation_id, "partition": run.target.partition})
+        return appended
 
     @staticmethod
     def _entries(batch: Batch, appended: Appended, cursor: int) -> list[bytes]:
@@ -332,8 +323,7 @@ class BidiAttempt:
         """What the SDK gets for a stored notification: itself, or (v7) the acknowledgement of its
         own run proposal when the proposal asked for one."""
         if self._acked and (note[0] << 8 | note[1]) == T.RUN_COMPLETION:
-            frame = Frame((note[0] << 8) | note[1], 0, note[protocol.HEADER_SIZE:])
-            cid = cast(pb.NotificationTemplate, protocol.parse_message(frame)).completion_id
+            cid = cast(pb.NotificationTemplate, protocol.parse_message(protocol.decode_frames(note)[0])).completion_id
             if cid in self._acked:
                 self._acked.discard(cid)
                 return protocol.encode_message(T.PROPOSE_RUN_COMPLETION_ACK,

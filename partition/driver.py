@@ -18,10 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from partition.bidi import AttemptStopped, BidiAttempt
+from partition.bidi import AttemptStopped, BidiAttempt, Poke
 from partition.effects import (
     AttemptPlan,
     AttemptPlanner,
@@ -35,7 +32,7 @@ from partition.errors import DeploymentError, Fenced
 from partition.invocation import InvocationRecord, PinnedDeployment, Result, Status, rpc_result
 from partition.invoker import AttemptInput, Invoker, negotiate
 from partition.metrics import HELD_INVOCATIONS, IN_FLIGHT, INVOCATIONS, WAITING_INVOCATIONS
-from partition.retry import FailureAction, after_failure, policy_for
+from partition.retry import FailureAction, after_failure, policy_for, while_unreachable
 from partition.scripts import Applied, Scripts, Target
 from partition.transition import ApplyOutcome, AttemptFailed, End, Op, Suspend, Terminal, TerminalKind
 from sgproto.partition.v1 import partition_service_pb2 as pb
@@ -46,9 +43,6 @@ from shardgate.schema import Deployment, SchemaSnapshot, ServiceMeta, effective_
 
 log = logging.getLogger(__name__)
 
-APPLY_RETRY_MIN_S = 0.05
-APPLY_RETRY_MAX_S = 1.0
-"""Back-off of an `apply` retried while Redis cannot be reached."""
 MAX_IDLE_RESUMES = 3
 MAX_LOADING = 64
 """Resumes reading an invocation (record, state, journal) from Redis at once, worker-wide: each
@@ -56,9 +50,9 @@ holds a pooled Redis connection, and a flood of them (a sweep after a failover w
 must leave the pool to the lease renewals and the attempts' transitions."""
 MAX_FAILURE_MESSAGE = 2000
 MAX_STREAMING_HANDLERS = 4096
+"""(deployment, service, handler) seen to go on soon after their waits, remembered per worker."""
 LEARN_WINDOW_MS = 1500
 """A replay this soon after the journal last grew makes its handler stream (`Driver._learn_streaming`)."""
-"""(deployment, service, handler) seen to go on soon after their waits, remembered per worker."""
 # Restate's InvokerError::UnknownDeployment (RT0011): the attempt backs off and is retried.
 PINNED_DEPLOYMENT_GONE = (
     "the invocation has a deployment id associated, but it was not found in the registry. This might indicate "
@@ -117,7 +111,7 @@ class Lead(Protocol):
 
     partition: int
     token: str
-    live: dict[str, Callable[[tuple[int, bytes] | None], None]]  # open bidirectional attempts -> their poke
+    live: dict[str, Poke]  # open bidirectional attempts -> their poke
 
     def resolve(self, invocation_id: str, result: pb.Result) -> None:
         """Answer every caller waiting here for the invocation's result."""
@@ -370,20 +364,14 @@ class Driver:
         ERROR, a stored SUSPEND), or the apply's nonce (a SUSPEND that resumed at once) refuse a
         second application. Raises Fenced, and OutcomeStored when a retry finds that an earlier
         try landed (its reply was lost): the leader then re-derives the invocation from Redis."""
-        delay_s, retried = APPLY_RETRY_MIN_S, False
-        while True:
-            try:
-                applied = await self._scripts.apply(run.target, run.token, self._clock.now_ms(), replayed, terminal,
-                                                    attempts, ops, run.attempt_pin)
-            except (RedisConnectionError, RedisTimeoutError) as e:
-                log.warning("cannot store an attempt's outcome (%s); retrying in %.2f s", e, delay_s,
-                            extra={"invocation_id": run.target.invocation_id, "partition": run.target.partition})
-                await self._clock.sleep(delay_s)
-                delay_s, retried = min(delay_s * 2, APPLY_RETRY_MAX_S), True
-                continue
-            if retried and applied.outcome is ApplyOutcome.BAD_STATE:
-                raise OutcomeStored(run.target.invocation_id)
-            return applied
+        applied, retried = await while_unreachable(
+            lambda: self._scripts.apply(run.target, run.token, self._clock.now_ms(), replayed, terminal, attempts, ops,
+                                        run.attempt_pin),
+            self._clock, "an attempt's outcome",
+            {"invocation_id": run.target.invocation_id, "partition": run.target.partition})
+        if retried and applied.outcome is ApplyOutcome.BAD_STATE:
+            raise OutcomeStored(run.target.invocation_id)
+        return applied
 
     def _completed(self, lead: Lead, run: Run, res: Result, applied: Applied) -> None:
         """The attempt completed the invocation: answer its waiters, drive the inbox's next one."""
@@ -436,7 +424,7 @@ class Driver:
         went on soon after its last wait (a run's result, lazy state, a short sleep, a call's
         result), so its attempts on its deployment stream from now on, if the deployment can."""
         pinned = run.record.pinned_deployment_id
-        if (pinned is None or not run.journal
+        if (not run.journal or pinned is None
                 or self._clock.now_ms() - run.record.last_growth_ms > LEARN_WINDOW_MS):
             return
         key = (pinned, run.target.service, run.record.handler)
@@ -450,13 +438,13 @@ class Driver:
         (h2c, BIDI_STREAM), the handler has an inactivity timeout, and this handler was seen to go
         on soon after its waits (`auto`, `_learn_streaming`: a stream costs a plain call more CPU
         than request-response, also over h2c), or always (`always`)."""
-        if self.bidi == "off" or not self._invoker.streams_to(deployment):
+        if self.bidi == "off" or (
+                self.bidi == "auto" and (deployment.id, run.target.service, run.record.handler) not in self._streaming):
+            return False  # (a plain call under auto stops here)
+        if not self._invoker.streams_to(deployment):
             return False
-        if effective_settings(meta, meta.handlers.get(run.record.handler)).inactivity_timeout_ms <= 0:
-            return False  # Restate too falls back to request-response then
-        if self.bidi == "always":
-            return True
-        return (deployment.id, run.target.service, run.record.handler) in self._streaming
+        # Restate too falls back to request-response when the inactivity timeout is 0
+        return effective_settings(meta, meta.handlers.get(run.record.handler)).inactivity_timeout_ms > 0
 
     async def _attempt(self, lead: Lead, run: Run, snapshot: SchemaSnapshot) -> tuple[AttemptPlan | None, str]:
         """Run one attempt and plan its transition; (None, reason) when it failed before any plan.

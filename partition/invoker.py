@@ -96,6 +96,17 @@ def decode_response(data: bytes) -> list[Frame]:
         raise DeploymentError(f"protocol violation: {e}") from e
 
 
+def _check_answer(url: str, status: int, content_type: str, ct: str) -> None:
+    """Raises DeploymentError unless the deployment answered 200 with the protocol's content type `ct`."""
+    if status != 200:
+        DEPLOYMENT_ERRORS.labels("http_status").inc()
+        raise DeploymentError(f"deployment answered HTTP {status} for {url}")
+    got = content_type.split(";")[0].strip().lower()
+    if got != ct:
+        DEPLOYMENT_ERRORS.labels("protocol").inc()
+        raise DeploymentError(f"deployment answered content-type {got!r}, expected {ct!r}")
+
+
 class Invoker:
     """Sends attempts to deployments over shared HTTP/1.1 and h2c connection pools."""
 
@@ -194,13 +205,7 @@ class Invoker:
             raise DeploymentError(f"cannot reach deployment at {url}: {type(e).__name__}: {e}") from e
         finally:
             DEPLOYMENT_DURATION.observe(time.perf_counter() - started)
-        if status != 200:
-            DEPLOYMENT_ERRORS.labels("http_status").inc()
-            raise DeploymentError(f"deployment answered HTTP {status} for {url}")
-        got = got.split(";")[0].strip().lower()
-        if got != ct:
-            DEPLOYMENT_ERRORS.labels("protocol").inc()
-            raise DeploymentError(f"deployment answered content-type {got!r}, expected {ct!r}")
+        _check_answer(url, status, got, ct)
         return data
 
     async def _post_http1(self, target: http2.Target, body: bytes, headers: dict[str, str],
@@ -263,13 +268,7 @@ class AttemptStream:
         except http2.Http2Error as e:
             DEPLOYMENT_ERRORS.labels("transport").inc()
             raise DeploymentError(f"cannot reach deployment at {self._url}: {e}") from e
-        if resp.status != 200:
-            DEPLOYMENT_ERRORS.labels("http_status").inc()
-            raise DeploymentError(f"deployment answered HTTP {resp.status} for {self._url}")
-        got = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-        if got != self._ct:
-            DEPLOYMENT_ERRORS.labels("protocol").inc()
-            raise DeploymentError(f"deployment answered content-type {got!r}, expected {self._ct!r}")
+        _check_answer(self._url, resp.status, resp.headers.get("content-type", ""), self._ct)
 
     async def frames(self) -> list[Frame] | None:
         """The frames completed by the next piece of the response (maybe none, as after an
@@ -306,10 +305,6 @@ class AttemptStream:
     def discard(self) -> None:
         """Drop the rest of the response (the attempt has what it needs); see `Duplex.discard`."""
         self._duplex.discard(DRAIN_S)
-
-    @property
-    def ended(self) -> bool:
-        return self._duplex.ended
 
     def reset(self) -> None:
         self._duplex.reset()

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 
 from partition import keys, restart
+from partition.bidi import Poke
 from partition.driver import Driver, OutcomeStored, Room, Run
 from partition.errors import Fenced, InvocationNotFound, NotLeader
 from partition.invocation import (
@@ -172,7 +173,7 @@ class PartitionLeader:
         self._clock = clock
         self.waiters = Waiters()
         self._drivers: dict[str, asyncio.Task[None]] = {}
-        self.live: dict[str, Callable[[tuple[int, bytes] | None], None]] = {}
+        self.live: dict[str, Poke] = {}
         """Invocations with a bidirectional attempt open (`partition/bidi.py`): id -> its poke, called
         when a transition here appended a notification to its journal (with its index and frame
         when known)."""

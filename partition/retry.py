@@ -6,11 +6,41 @@ override any field per service and per handler.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sgproto.protocol.v1 import protocol_pb2 as pb
+from shardgate.clock import Clock
 from shardgate.schema import HandlerMeta, ServiceMeta, effective_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+UNREACHABLE_RETRY_MIN_S = 0.05
+UNREACHABLE_RETRY_MAX_S = 1.0
+"""Back-off of a transition retried while Redis cannot be reached (`while_unreachable`)."""
+
+
+async def while_unreachable(call: Callable[[], Awaitable[T]], clock: Clock, what: str,
+                            extra: dict[str, Any]) -> tuple[T, bool]:
+    """`call()` (a fenced transition) until Redis answers it, backing off from 50 ms to 1 s while
+    Redis cannot be reached or does not answer in time, so what an attempt produced is kept until
+    it is stored; `what` and `extra` go into the warning. The reply and whether it was retried (a
+    retry may find that an earlier try landed and only its reply was lost)."""
+    delay_s, retried = UNREACHABLE_RETRY_MIN_S, False
+    while True:
+        try:
+            return await call(), retried
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            log.warning("cannot store %s (%s); retrying in %.2f s", what, e, delay_s, extra=extra)
+            await clock.sleep(delay_s)
+            delay_s, retried = min(delay_s * 2, UNREACHABLE_RETRY_MAX_S), True
 
 
 @dataclass(frozen=True, slots=True)

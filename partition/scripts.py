@@ -332,6 +332,13 @@ class ReplicaAcks:
     timeout_ms: int
 
 
+def _attempt_keys(t: Target) -> list[str]:
+    """The KEYS of `apply`, `append` and `kill` (as `apply.lua` lists them)."""
+    p = t.partition
+    return [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), t.lock(), t.inbox(), t.state(),
+            keys.journal(p, t.invocation_id), keys.timers(p), keys.outbox(p), t.promises(), t.promise_waiters()]
+
+
 def _count_batch(calls: int) -> None:
     SCRIPT_BATCHES.inc()
     SCRIPT_BATCHED_CALLS.inc(calls)
@@ -427,8 +434,7 @@ class Scripts:
                                  keys.journal_prefix(p), *encode_terminal(terminal), *pinned, *encode_ops(ops)]
         reply = await self._run(
             "apply",
-            [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), t.lock(), t.inbox(), t.state(),
-             keys.journal(p, t.invocation_id), keys.timers(p), keys.outbox(p), t.promises(), t.promise_waiters()],
+            _attempt_keys(t),
             args,
         )
         return _applied(p, reply)
@@ -445,8 +451,7 @@ class Scripts:
                                  keys.journal_prefix(p), seq, *pinned, *encode_ops(ops)]
         reply = await self._run(
             "append",
-            [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), t.lock(), t.inbox(), t.state(),
-             keys.journal(p, t.invocation_id), keys.timers(p), keys.outbox(p), t.promises(), t.promise_waiters()],
+            _attempt_keys(t),
             args,
         )
         code = AppendOutcome(reply[0].decode())
@@ -574,8 +579,7 @@ class Scripts:
         p = t.partition
         reply = await self._run(
             "kill",
-            [keys.lease(p), keys.invocation(p, t.invocation_id), keys.active(p), t.lock(), t.inbox(), t.state(),
-             keys.journal(p, t.invocation_id), keys.timers(p), keys.outbox(p), t.promises(), t.promise_waiters()],
+            _attempt_keys(t),
             [token, t.invocation_id, now_ms, keys.invocation_prefix(p), KILLED.encode()],
         )
         head = _managed(p, reply)

@@ -573,24 +573,17 @@ class H2Pool:
         return conn
 
     async def open(self, host: str, port: int, request: Request, connect_timeout_s: float) -> Duplex:
-        """Open a duplex stream: `request`'s headers (and its body, when it has one) go out, the
-        request stays open. Raises TimeoutError (connecting), OSError (connection), Http2Error.
-        Not retried on another connection: what fails later fails the stream (`Duplex`)."""
+        """Open a duplex stream: `request`'s headers go out (it has no body: that goes through
+        `Duplex.send`), the request stays open. Raises TimeoutError (connecting), OSError
+        (connection), Http2Error. Not retried on another connection: what fails later fails the
+        stream (`Duplex`)."""
+        if request.body:
+            raise ValueError("a duplex request's body goes through Duplex.send")
         key = (host, port)
         conn = self._pick(key)
         if conn is None:
             conn = await self._connect(key, connect_timeout_s)
-        if request.body:  # the body goes on past this first piece: its length is not known
-            request = Request([h for h in request.headers if h[0] != b"content-length"], request.body)
-        stream = conn.open(request, 1 << 62, duplex=True)
-        duplex = Duplex(conn, stream)
-        if request.body:
-            try:
-                await conn.send_more(stream, request.body)
-            except BaseException:
-                duplex.reset()
-                raise
-        return duplex
+        return Duplex(conn, conn.open(request, 1 << 62, duplex=True))
 
     async def _exchange(self, conn: _Connection, request: Request, deadline: float,
                         max_body_bytes: int) -> Response:

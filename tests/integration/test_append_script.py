@@ -11,7 +11,7 @@ from partition import keys
 from partition.errors import Fenced
 from partition.invocation import HandlerKind, InvocationRecord, PinnedDeployment, Result, Status
 from partition.outbox_codec import decode_outbox, encode_outbox_notify
-from partition.scripts import APPEND_FIRST_OP, Scripts, Target
+from partition.scripts import APPEND_FIRST_OP, Scripts, Target, _attempt_keys
 from partition.transition import (
     OP_TYPES,
     AddTimer,
@@ -254,10 +254,7 @@ async def test_an_unknown_op_changes_nothing(scripts: Scripts, redis: Redis) -> 
     assert len(args) + 1 == APPEND_FIRST_OP
     script = scripts._scripts["append"]
     with pytest.raises(Exception, match="append: unknown op"):
-        await script(keys=[keys.lease(P), keys.invocation(P, t.invocation_id), keys.active(P), t.lock(), t.inbox(),
-                           t.state(), keys.journal(P, t.invocation_id), keys.timers(P), keys.outbox(P),
-                           t.promises(), t.promise_waiters()],
-                     args=[*args, "J", _cmd("a"), "??"])
+        await script(keys=_attempt_keys(t), args=[*args, "J", _cmd("a"), "??"])
     assert await _journal(redis, t) == []
     assert await _field(redis, t, "ss") is None
 

@@ -437,7 +437,8 @@ async def test_a_duplex_stream_carries_large_pieces_both_ways(upper_server: int)
     """hypercorn grants 65,535-byte windows: a 300 KB piece waits for its window updates while the
     reader takes the answer, which crosses our own windows' acknowledgements."""
     with contextlib.closing(H2Pool()) as pool:
-        duplex = await pool.open(HOST, upper_server, _request(b"first:"), 2)
+        duplex = await pool.open(HOST, upper_server, _request(b""), 2)
+        await duplex.send(b"first:")
         piece = bytes(range(97, 123)) * 12_000
         reader = asyncio.ensure_future(_read_exactly(duplex, 6 + len(piece)))
         await asyncio.wait_for(duplex.send(piece), 10)
@@ -552,7 +553,8 @@ async def test_resetting_a_duplex_stream_frees_its_slot_and_tells_the_peer() -> 
             got_reset.set()
 
     async with _duplex_serving(on_event) as (port, pool):
-        duplex = await pool.open(HOST, port, _request(b"hello"), 2)
+        duplex = await pool.open(HOST, port, _request(b""), 2)
+        await duplex.send(b"hello")
         await asyncio.wait_for(duplex.response(), 5)
         duplex.reset()
         await asyncio.wait_for(got_reset.wait(), 5)
