@@ -60,7 +60,8 @@ class IngressNode:
         redis = redisconn.connect(config.redis_url, timeout_s=config.redis_timeout_s, max_connections=256)
         store = RegistryStore(redis)
         router = Router(redis, config.partitions, ROUTE_REFRESHES.inc)
-        dispatcher = GrpcDispatcher(router, config.routing_deadline_s, config.rpc_timeout_s, config.call_timeout_s)
+        dispatcher = GrpcDispatcher(router, config.routing_deadline_s, config.rpc_timeout_s, config.call_timeout_s,
+                                    config.stream_linger_ms / 1000)
         return cls(config, redis, store, RegistryCache(store), router, dispatcher,
                    ingress_auth=ingress_auth, admin_auth=admin_auth)
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shardgate import redisconn
+from shardgate import linger, redisconn
 from shardgate.envconfig import env_bool, env_float, env_int, env_opt_int, env_str, mask_url
 
 
@@ -62,6 +62,10 @@ class IngressConfig:
     auth_reload_interval_s: float = 1.0
     """How often the credential files are checked for a change and re-read; SIGHUP re-reads them
     at once (SHARDGATE_AUTH_RELOAD_INTERVAL_S)."""
+    stream_linger_ms: float = linger.DEFAULT_DELAY_S * 1000
+    """How long the writer of a busy `InvokeStream` waits for more to send in the same message
+    (`shardgate/linger.py`: at least 8 requests unanswered on the stream, its previous message less
+    than two delays ago); 0 = send at once (SHARDGATE_STREAM_LINGER_MS)."""
     log_level: str = "INFO"
     """SHARDGATE_LOG_LEVEL."""
     log_json: bool = True
@@ -93,6 +97,7 @@ class IngressConfig:
             ingress_auth_file=env_str(env, "INGRESS_AUTH_FILE", "") or None,
             admin_auth_file=env_str(env, "ADMIN_AUTH_FILE", "") or None,
             auth_reload_interval_s=env_float(env, "AUTH_RELOAD_INTERVAL_S", cls.auth_reload_interval_s),
+            stream_linger_ms=env_float(env, "STREAM_LINGER_MS", cls.stream_linger_ms),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_json=env_bool(env, "LOG_JSON", cls.log_json),
         )

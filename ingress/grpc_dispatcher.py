@@ -41,6 +41,7 @@ from ingress.metrics import PARTITION_RPCS
 from ingress.stream import InvokeStream, StreamItemError, StreamUnsupported
 from sgproto.partition.v1 import partition_service_pb2 as pb
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
+from shardgate.linger import DEFAULT_DELAY_S, Linger
 from shardgate.routing import Router
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,9 @@ def _reason(e: grpc.aio.AioRpcError | StreamItemError) -> str:
 
 class GrpcDispatcher:
     def __init__(self, router: Router, routing_deadline_s: float, rpc_timeout_s: float,
-                 call_timeout_s: float) -> None:
+                 call_timeout_s: float, stream_linger_s: float = DEFAULT_DELAY_S) -> None:
         self._router = router
+        self._stream_linger_s = stream_linger_s
         self._routing_deadline_s = routing_deadline_s
         self._rpc_timeout_s = rpc_timeout_s
         self._call_timeout_s = call_timeout_s
@@ -194,7 +196,8 @@ class GrpcDispatcher:
         if stub not in self._unary_only:
             stream = self._streams.get(stub)
             if stream is None or stream.closed:
-                stream = self._streams[stub] = InvokeStream(stub, self._stream_closed)
+                stream = self._streams[stub] = InvokeStream(stub, self._stream_closed,
+                                                                    Linger(self._stream_linger_s))
             try:
                 return await stream.invoke(msg, timeout_s)
             except StreamUnsupported:

@@ -18,6 +18,9 @@ Semantics kept from the unary call:
   the transport ends a stream with, become UNAVAILABLE), which the dispatcher re-routes exactly as
   it re-routes a broken unary call.
 
+A busy stream's writer waits `SHARDGATE_STREAM_LINGER_MS` (2 ms) before taking the batch, so more
+requests share a message (`shardgate/linger.py`, decision 42); a lone caller never waits.
+
 Back-pressure: at most `MAX_BUFFERED` requests wait unwritten; further callers wait for room,
 within their deadline (past it they fail DEADLINE_EXCEEDED without having been sent).
 A stream with nothing in flight for `IDLE_CLOSE_S` is closed (half-closed, then ended by the
@@ -37,6 +40,7 @@ import grpc
 
 from sgproto.partition.v1 import partition_service_pb2 as pb
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
+from shardgate.linger import Linger
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,10 @@ class InvokeStream:
     """One `InvokeStream` call on one channel. Create it in the running loop; it closes itself
     when the call ends or it stays idle, and then calls `on_closed(self)` once."""
 
-    def __init__(self, stub: pb_grpc.PartitionServiceStub, on_closed: Callable[[InvokeStream], None]) -> None:
+    def __init__(self, stub: pb_grpc.PartitionServiceStub, on_closed: Callable[[InvokeStream], None],
+                 linger: Linger | None = None) -> None:
         self.stub = stub
+        self._linger = linger or Linger(0.0)
         self.closed = False
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
@@ -197,9 +203,12 @@ class InvokeStream:
                 await self._wake.wait()
                 self._wake.clear()
                 await asyncio.sleep(0)  # one more loop iteration: what else became ready joins the batch
+                if delay_s := self._linger.delay(len(self._pending), self._loop.time()):
+                    await asyncio.sleep(delay_s)  # a busy stream: what arrives meanwhile joins the batch
                 while self._out or self._cancels:
                     batch = self._take()
                     await self._call.write(batch)
+                    self._linger.wrote(self._loop.time())
                 if self._ending:
                     await self._call.done_writing()
                     return

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shardgate import redisconn
+from shardgate import linger, redisconn
 from shardgate.envconfig import ConfigError, env_bool, env_float, env_int, env_str, mask_url
 
 BIDI_MODES = ("auto", "always", "off")
@@ -71,6 +71,10 @@ class PartitionConfig:
     request_identity_key_file: str | None = None
     """Ed25519 PKCS#8 PEM signing every request to deployments; unset = unsigned
     (SHARDGATE_REQUEST_IDENTITY_KEY_FILE)."""
+    stream_linger_ms: float = linger.DEFAULT_DELAY_S * 1000
+    """How long the writer of a busy `InvokeStream` waits for more to send in the same message
+    (`shardgate/linger.py`: at least 8 requests unanswered on the stream, its previous message less
+    than two delays ago); 0 = send at once (SHARDGATE_STREAM_LINGER_MS)."""
     log_level: str = "INFO"
     """SHARDGATE_LOG_LEVEL."""
     log_json: bool = True
@@ -104,6 +108,7 @@ class PartitionConfig:
             max_protocol_version=_protocol_version(env_int(env, "MAX_PROTOCOL_VERSION", cls.max_protocol_version)),
             bidi=_bidi_mode(env_str(env, "BIDI", cls.bidi)),
             request_identity_key_file=env_str(env, "REQUEST_IDENTITY_KEY_FILE", "") or None,
+            stream_linger_ms=env_float(env, "STREAM_LINGER_MS", cls.stream_linger_ms),
             log_level=env_str(env, "LOG_LEVEL", cls.log_level).upper(),
             log_json=env_bool(env, "LOG_JSON", cls.log_json),
         )

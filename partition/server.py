@@ -15,6 +15,7 @@ from partition.service import PartitionService
 from partition.stream import StreamServer
 from sgproto.partition.v1 import partition_service_pb2 as pb
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
+from shardgate.linger import DEFAULT_DELAY_S, Linger
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ def _invoke_failure(exc: BaseException) -> PartitionError:
 
 
 class PartitionServicer(pb_grpc.PartitionServiceServicer):  # type: ignore[misc]  # generated, untyped
-    def __init__(self, service: PartitionService) -> None:
+    def __init__(self, service: PartitionService, stream_linger_s: float = DEFAULT_DELAY_S) -> None:
         self._service = service
+        self._stream_linger_s = stream_linger_s
         self._invoke_ok = RPCS.labels("Invoke", "OK")
 
     async def Invoke(
@@ -62,7 +64,8 @@ class PartitionServicer(pb_grpc.PartitionServiceServicer):  # type: ignore[misc]
         self, _requests: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Many Invokes on one stream (`stream.StreamServer`); each answered as `Invoke` would be."""
-        await StreamServer(self._service.invoke, _invoke_failure, self._invoke_ok.inc, context).run()
+        await StreamServer(self._service.invoke, _invoke_failure, self._invoke_ok.inc, context,
+                           Linger(self._stream_linger_s)).run()
 
     async def Attach(
         self, request: pb.InvocationRef, context: grpc.aio.ServicerContext[Any, Any]

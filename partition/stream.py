@@ -7,6 +7,9 @@ buffer and wakes the one writer task, which sends everything ready as one `Invok
 So answers that become ready in the same event-loop iteration (or while a write waits for gRPC
 flow control) leave in one message, with no queue or extra task per answer.
 
+A busy stream's writer waits `SHARDGATE_STREAM_LINGER_MS` (2 ms) before taking the batch, so more
+answers share a message (`shardgate/linger.py`, decision 42).
+
 A cancellation in the batch (its caller went away) cancels that request's task, as gRPC cancels
 a unary handler, and nothing is answered for it. When the stream ends (the ingress closed or
 cancelled it, the server stops), every request still running is cancelled, like the handlers of
@@ -26,6 +29,7 @@ import grpc
 
 from partition.errors import PartitionError
 from sgproto.partition.v1 import partition_service_pb2 as pb
+from shardgate.linger import Linger
 
 Invoke = Callable[[pb.InvokeRequest], Awaitable[pb.InvokeResponse]]
 Fail = Callable[[BaseException], PartitionError]
@@ -49,8 +53,9 @@ class StreamServer:
     """Serves one `InvokeStream` call; `run()` once, from the RPC's handler."""
 
     def __init__(self, invoke: Invoke, fail: Fail, on_ok: Callable[[], None],
-                 context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                 context: grpc.aio.ServicerContext[Any, Any], linger: Linger | None = None) -> None:
         self._invoke = invoke
+        self._linger = linger or Linger(0.0)
         self._fail = fail
         self._on_ok = on_ok
         self._context = context
@@ -127,9 +132,13 @@ class StreamServer:
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(0)  # one more loop iteration: answers ready in it join the batch
+            loop = asyncio.get_running_loop()
+            if delay_s := self._linger.delay(len(self._running), loop.time()):
+                await asyncio.sleep(delay_s)  # a busy stream: answers ready meanwhile join the batch
             while self._ready:
                 batch = self._take()
                 await self._context.write(batch)
+                self._linger.wrote(loop.time())
             if self._ending:
                 return
 

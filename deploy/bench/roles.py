@@ -2,7 +2,7 @@
 
 Starts a `shardgate dev` cluster (2 workers, 1 ingress, Redis; the tree at `--root`, this one by
 default) and the TypeScript SDK deployment of `compare.py`, warms up, then runs one closed-loop
-`shardgate bench` of `Greeter/greet` calls and prints, per process, the CPU per completed call
+`shardgate bench` of calls (`--target`, `Greeter/greet` by default) and prints, per process, the CPU per completed call
 and its share of a core (from /proc, read before and after), each worker's script pipeline batch
 size (`shardgate_partition_script_batch*`) and Redis's per-command statistics for the run
 (`INFO commandstats`, reset before it). Alternate `--root` trees (or environment settings) over
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
     workers = [p for p in cluster["processes"] if p["role"] == "worker"]
     batches_before = {str(w["name"]): _batches(w) for w in workers}
     before = {name: compare.cpu_seconds([pid]) for name, pid in pids.items()}
+    profilers = start_profiles(procs, pids, work, args) if args.profile else {}
     started = time.monotonic()
     summary = compare.run_bench(procs, server, "call", args, work / "bench.log", args.duration)
     elapsed_s = time.monotonic() - started
@@ -92,6 +93,63 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
             print(f"  redis {name.removeprefix('cmdstat_'):14s} {int(stat['calls']) / calls:5.2f} per call, "
                   f"{float(stat['usec_per_call']):7.2f} µs each")
     redis.close()
+    for name, (child, out) in profilers.items():
+        child.proc.wait(PROFILE_GRACE_S)
+        stacks = read_collapsed(out.read_text()) if out.exists() else {}
+        print(f"  profile {name} ({sum(stacks.values())} samples, {out}):")
+        for line in profile_lines(stacks, args.profile_top):
+            print(line)
+
+
+PROFILE_GRACE_S = 30.0
+
+
+def start_profiles(procs: Processes, pids: Mapping[str, int], work: Path,
+                   args: argparse.Namespace) -> dict[str, tuple[compare.Started, Path]]:
+    """`py-spy record` (raw collapsed stacks, without stopping the target) of every Python server
+    process over the measured run, started just before it."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise CompareError(f"--profile needs py-spy next to {sys.executable}")
+    started: dict[str, tuple[compare.Started, Path]] = {}
+    for name, pid in pids.items():
+        if name in ("redis", "deployment"):
+            continue
+        out = work / f"profile-{name}.txt"
+        argv = [str(spy), "record", "-p", str(pid), "-d", str(max(int(args.duration) - 1, 1)), "-r", "200",
+                "-f", "raw", "--nonblocking", "-o", str(out)]
+        started[name] = (procs.start(f"py-spy {name}", argv, work / f"py-spy-{name}.log"), out)
+    return started
+
+
+def read_collapsed(text: str) -> dict[tuple[str, ...], int]:
+    """py-spy's raw output (`frame;frame;... count` per line, outermost first) as stack -> samples."""
+    stacks: dict[tuple[str, ...], int] = {}
+    for line in text.splitlines():
+        frames, _, count = line.rpartition(" ")
+        if frames and count.isdigit():
+            key = tuple(frames.split(";"))
+            stacks[key] = stacks.get(key, 0) + int(count)
+    return stacks
+
+
+def profile_lines(stacks: Mapping[tuple[str, ...], int], top: int) -> list[str]:
+    """The `top` frames by self share (innermost frame) and by inclusive share (anywhere on the
+    stack, counted once per sample)."""
+    total = sum(stacks.values())
+    if total == 0:
+        return ["    no samples"]
+    own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    for frames, n in stacks.items():
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            anywhere[frame] = anywhere.get(frame, 0) + n
+    lines = []
+    for title, counts in (("self", own), ("inclusive", anywhere)):
+        for frame, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {title:9s} {n * 100 / total:5.1f} %  {frame}")
+    return lines
 
 
 def _batches(worker: Mapping[str, Any]) -> tuple[float, float]:
@@ -107,7 +165,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=8.0, help="measured seconds (default 8)")
     ap.add_argument("--transport", choices=("http1", "h2c"), default="http1",
                     help="HTTP/1.1 (use_http_11, default) or h2c to the TypeScript deployment (as compare.py)")
+    ap.add_argument("--target", default=compare.TARGET,
+                    help=f"the handler called (default {compare.TARGET}; also Greeter/with_run, Greeter/nap, "
+                         "Greeter/relay, as compare.py)")
     ap.add_argument("--root", type=Path, default=compare.REPO_ROOT, help="the shardgate tree to run (default: this)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also run py-spy on the workers and the ingress over the measured run and print their "
+                         "top frames (the CPU figures then include py-spy's own reading of the targets)")
+    ap.add_argument("--profile-top", type=int, default=15, help="frames listed per kind with --profile")
     ap.add_argument("--cache-dir", type=Path, default=compare.CACHE_DIR, help="install dir (as compare.py)")
     args = ap.parse_args(argv)
     if args.connections < 1 or args.duration <= 0:

@@ -422,3 +422,110 @@ async def test_a_worker_without_the_stream_is_called_unary(redis: Redis) -> None
         await dispatcher.aclose()
         await router.close()
         await old.server.stop(None)
+
+
+LINGER_S = 0.3  # long against the 10 ms between the arrivals below, so the grouping is certain
+STAGGER_S = 0.01
+
+
+class _CountingContext:
+    """A servicer context that records how many requests each message read carried and how many
+    answers each message written carried."""
+
+    def __init__(self, context: Any, servicer: MessageCountingServicer) -> None:
+        self._context = context
+        self._servicer = servicer
+
+    async def read(self) -> Any:
+        batch = await self._context.read()
+        if batch is not grpc.aio.EOF:
+            self._servicer.read_sizes.append(len(batch.invokes))
+        return batch
+
+    async def write(self, batch: pb.InvokeResultBatch) -> None:
+        self._servicer.written_sizes.append(len(batch.results))
+        await self._context.write(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class MessageCountingServicer(CountingServicer):
+    """The real stream server with its linger set, counting the messages both ways."""
+
+    linger_s = 0.0
+
+    def __init__(self, service: StandIn) -> None:
+        super().__init__(service)
+        self._stream_linger_s = self.linger_s
+        self.read_sizes: list[int] = []
+        self.written_sizes: list[int] = []
+
+    async def InvokeStream(self, requests: Any, context: Any) -> None:
+        await super().InvokeStream(requests, _CountingContext(context, self))
+
+
+class LingeringServicer(MessageCountingServicer):
+    linger_s = LINGER_S
+
+
+@pytest.mark.parametrize(("linger_s", "messages"), [(0.0, [8, 1, 1, 1, 1]), (LINGER_S, [8, 4])])
+async def test_a_busy_streams_requests_share_a_message_while_the_ingress_lingers(
+        redis: Redis, linger_s: float, messages: list[int]) -> None:
+    w = await _start(MessageCountingServicer)  # the worker end does not linger here
+    gate = asyncio.Event()
+
+    async def held(req: pb.InvokeRequest) -> pb.InvokeResponse:
+        await gate.wait()
+        return await _greet(req)
+
+    w.service.behaviour = held
+    await _route(redis, w.address)
+    router = Router(redis, PARTITIONS)
+    await router.refresh()
+    dispatcher = GrpcDispatcher(router, routing_deadline_s=WAIT_S, rpc_timeout_s=5.0, call_timeout_s=5.0,
+                                stream_linger_s=linger_s)
+    try:
+        calls = [asyncio.ensure_future(dispatcher.call(_req(n))) for n in range(8)]  # one message, at once
+        await _poll("the first eight to reach the worker", lambda: w.service.running == 8)
+        for n in range(8, 12):  # eight in flight, a message just sent: the stream is busy
+            calls.append(asyncio.ensure_future(dispatcher.call(_req(n))))
+            await asyncio.sleep(STAGGER_S)
+        await _poll("every request to reach the worker", lambda: w.service.running == 12)
+        gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
+        assert [o.value for o in outcomes] == [b"hi " + f"{n}".encode() for n in range(12)]
+        assert w.servicer.read_sizes == messages  # type: ignore[attr-defined]
+    finally:
+        await dispatcher.aclose()
+        await router.close()
+        await w.server.stop(None)
+
+
+@pytest.mark.parametrize(("servicer", "messages"), [(MessageCountingServicer, [1] * 12), (LingeringServicer, [1, 11])])
+async def test_a_busy_streams_answers_share_a_message_while_the_worker_lingers(
+        redis: Redis, servicer: type[MessageCountingServicer], messages: list[int]) -> None:
+    w = await _start(servicer)
+    started = asyncio.Event()
+
+    async def staggered(req: pb.InvokeRequest) -> pb.InvokeResponse:
+        if w.service.running == 12:
+            started.set()
+        await started.wait()
+        await asyncio.sleep(STAGGER_S * int(req.body))  # the answers become ready 10 ms apart (no sync)
+        return await _greet(req)
+
+    w.service.behaviour = staggered
+    await _route(redis, w.address)
+    router = Router(redis, PARTITIONS)
+    await router.refresh()
+    dispatcher = GrpcDispatcher(router, routing_deadline_s=WAIT_S, rpc_timeout_s=5.0, call_timeout_s=5.0,
+                                stream_linger_s=0.0)
+    try:
+        outcomes = await asyncio.wait_for(asyncio.gather(*(dispatcher.call(_req(n)) for n in range(12))), WAIT_S)
+        assert [o.value for o in outcomes] == [b"hi " + f"{n}".encode() for n in range(12)]
+        assert w.servicer.written_sizes == messages  # type: ignore[attr-defined]
+    finally:
+        await dispatcher.aclose()
+        await router.close()
+        await w.server.stop(None)

@@ -21,3 +21,19 @@ def test_per_call_lines_divide_by_the_calls_and_sum_the_servers_without_the_depl
     assert lines[0].split()[:3] == ["redis", "0.400", "ms/call"] and "20 % of a core" in lines[0]
     assert lines[2].split()[:2] == ["deployment", "1.000"]
     assert lines[3].split()[:2] == ["servers", "1.200"]
+
+
+def test_collapsed_stacks_are_read_and_ranked_by_self_and_inclusive_share() -> None:
+    stacks = roles.read_collapsed("main;loop;write 6\nmain;loop 3\nmain;loop;write 1\nnot a stack line\n")
+    assert stacks == {("main", "loop", "write"): 7, ("main", "loop"): 3}
+    lines = roles.profile_lines(stacks, top=2)
+    assert [line.split() for line in lines] == [
+        ["self", "70.0", "%", "write"], ["self", "30.0", "%", "loop"],
+        ["inclusive", "100.0", "%", "main"], ["inclusive", "100.0", "%", "loop"]]
+    assert roles.profile_lines({}, top=3) == ["    no samples"]
+
+
+def test_the_target_and_profile_options_are_read() -> None:
+    args = roles.parse_args(["--target", "Greeter/nap", "--profile", "--profile-top", "5"])
+    assert (args.target, args.profile, args.profile_top) == ("Greeter/nap", True, 5)
+    assert roles.parse_args([]).target == "Greeter/greet" and not roles.parse_args([]).profile
