@@ -77,7 +77,9 @@ if kind == KIND_EXCLUSIVE then
   end
   redis.call('SET', KEYS[4], id)
 end
-redis.call('HSET', KEYS[2], F_STATUS, ST_INVOKED)
+if ARGV[11] ~= F_STATUS or ARGV[12] ~= ST_INVOKED then  -- to_fields puts the status first
+  redis.call('HSET', KEYS[2], F_STATUS, ST_INVOKED)
+end
 redis.call('SADD', KEYS[3], id)
 if kind == KIND_SERVICE then
   return {ACCEPT_INVOKED, {}}

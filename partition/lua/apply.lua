@@ -38,9 +38,13 @@ if bad_op then
 end
 local run = {id = ARGV[2], now = ARGV[3], woken = {}, grew = false, result = ARGV[9], inv_prefix = ARGV[6]}
 run_ops(run, APPLY_FIRST_OP)
-redis.call('HSET', KEYS[2], F_ATTEMPTS, ARGV[5])
+-- END writes the hash afresh (or deletes it) without the attempt bookkeeping: no need to set it
+local ending = terminal == TERM_END
+if not ending then
+  redis.call('HSET', KEYS[2], F_ATTEMPTS, ARGV[5])
+end
 if run.grew then
-  note_growth(run, ARGV[APPLY_PIN_ARG], ARGV[APPLY_PIN_ARG + 1])
+  note_growth(run, ARGV[APPLY_PIN_ARG], ARGV[APPLY_PIN_ARG + 1], ending)
 end
 if terminal == TERM_SUSPEND then
   return apply_suspend(run)
