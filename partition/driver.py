@@ -320,14 +320,17 @@ class Driver:
         while (gate := self._holds.get(p)) is not None:
             await gate.wait()
         self._busy[p] = self._busy.get(p, 0) + 1
-        self._idle.setdefault(p, asyncio.Event()).clear()
+        idle = self._idle.get(p)
+        if idle is None:  # one event per partition, kept (not one per attempt)
+            idle = self._idle[p] = asyncio.Event()
+        idle.clear()
         try:
             return await self._attempt_and_transition(lead, run)
         finally:
             self._busy[p] -= 1
             if not self._busy[p]:
                 del self._busy[p]
-                self._idle.pop(p).set()
+                idle.set()
 
     async def _attempt_and_transition(self, lead: Lead, run: Run) -> bool:
         snapshot: SchemaSnapshot = self._schema()
