@@ -8,6 +8,7 @@ so re-routing follows the routes written to Redis exactly as workers publish the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -469,6 +470,22 @@ class LingeringServicer(MessageCountingServicer):
     linger_s = LINGER_S
 
 
+@contextlib.asynccontextmanager
+async def _lingering_dispatcher(redis: Redis, w: Worker, linger_s: float) -> AsyncIterator[GrpcDispatcher]:
+    """A dispatcher routed to `w` whose streams linger `linger_s`; stops `w` afterwards."""
+    await _route(redis, w.address)
+    router = Router(redis, PARTITIONS)
+    await router.refresh()
+    dispatcher = GrpcDispatcher(router, routing_deadline_s=WAIT_S, rpc_timeout_s=5.0, call_timeout_s=5.0,
+                                stream_linger_s=linger_s)
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.aclose()
+        await router.close()
+        await w.server.stop(None)
+
+
 @pytest.mark.parametrize(("linger_s", "messages"), [(0.0, [8, 1, 1, 1, 1]), (LINGER_S, [8, 4])])
 async def test_a_busy_streams_requests_share_a_message_while_the_ingress_lingers(
         redis: Redis, linger_s: float, messages: list[int]) -> None:
@@ -480,12 +497,7 @@ async def test_a_busy_streams_requests_share_a_message_while_the_ingress_lingers
         return await _greet(req)
 
     w.service.behaviour = held
-    await _route(redis, w.address)
-    router = Router(redis, PARTITIONS)
-    await router.refresh()
-    dispatcher = GrpcDispatcher(router, routing_deadline_s=WAIT_S, rpc_timeout_s=5.0, call_timeout_s=5.0,
-                                stream_linger_s=linger_s)
-    try:
+    async with _lingering_dispatcher(redis, w, linger_s) as dispatcher:
         calls = [asyncio.ensure_future(dispatcher.call(_req(n))) for n in range(8)]  # one message, at once
         await _poll("the first eight to reach the worker", lambda: w.service.running == 8)
         for n in range(8, 12):  # eight in flight, a message just sent: the stream is busy
@@ -495,11 +507,7 @@ async def test_a_busy_streams_requests_share_a_message_while_the_ingress_lingers
         gate.set()
         outcomes = await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
         assert [o.value for o in outcomes] == [b"hi " + f"{n}".encode() for n in range(12)]
-        assert w.servicer.read_sizes == messages  # type: ignore[attr-defined]
-    finally:
-        await dispatcher.aclose()
-        await router.close()
-        await w.server.stop(None)
+        assert w.servicer.read_sizes == messages
 
 
 @pytest.mark.parametrize(("servicer", "messages"), [(MessageCountingServicer, [1] * 12), (LingeringServicer, [1, 11])])
@@ -516,16 +524,7 @@ async def test_a_busy_streams_answers_share_a_message_while_the_worker_lingers(
         return await _greet(req)
 
     w.service.behaviour = staggered
-    await _route(redis, w.address)
-    router = Router(redis, PARTITIONS)
-    await router.refresh()
-    dispatcher = GrpcDispatcher(router, routing_deadline_s=WAIT_S, rpc_timeout_s=5.0, call_timeout_s=5.0,
-                                stream_linger_s=0.0)
-    try:
+    async with _lingering_dispatcher(redis, w, 0.0) as dispatcher:
         outcomes = await asyncio.wait_for(asyncio.gather(*(dispatcher.call(_req(n)) for n in range(12))), WAIT_S)
         assert [o.value for o in outcomes] == [b"hi " + f"{n}".encode() for n in range(12)]
-        assert w.servicer.written_sizes == messages  # type: ignore[attr-defined]
-    finally:
-        await dispatcher.aclose()
-        await router.close()
-        await w.server.stop(None)
+        assert w.servicer.written_sizes == messages
