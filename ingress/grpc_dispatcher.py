@@ -196,8 +196,8 @@ class GrpcDispatcher:
         if stub not in self._unary_only:
             stream = self._streams.get(stub)
             if stream is None or stream.closed:
-                stream = self._streams[stub] = InvokeStream(stub, self._stream_closed,
-                                                                    Linger(self._stream_linger_s))
+                linger = Linger(self._stream_linger_s)
+                stream = self._streams[stub] = InvokeStream(stub, self._stream_closed, linger)
             try:
                 return await stream.invoke(msg, timeout_s)
             except StreamUnsupported:

@@ -86,9 +86,9 @@ class InvokeStream:
     when the call ends or it stays idle, and then calls `on_closed(self)` once."""
 
     def __init__(self, stub: pb_grpc.PartitionServiceStub, on_closed: Callable[[InvokeStream], None],
-                 linger: Linger | None = None) -> None:
+                 linger: Linger) -> None:
         self.stub = stub
-        self._linger = linger or Linger(0.0)
+        self._linger = linger
         self.closed = False
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()

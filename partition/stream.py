@@ -53,9 +53,9 @@ class StreamServer:
     """Serves one `InvokeStream` call; `run()` once, from the RPC's handler."""
 
     def __init__(self, invoke: Invoke, fail: Fail, on_ok: Callable[[], None],
-                 context: grpc.aio.ServicerContext[Any, Any], linger: Linger | None = None) -> None:
+                 context: grpc.aio.ServicerContext[Any, Any], linger: Linger) -> None:
         self._invoke = invoke
-        self._linger = linger or Linger(0.0)
+        self._linger = linger
         self._fail = fail
         self._on_ok = on_ok
         self._context = context
@@ -128,11 +128,11 @@ class StreamServer:
             self._room.set()
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(0)  # one more loop iteration: answers ready in it join the batch
-            loop = asyncio.get_running_loop()
             if delay_s := self._linger.delay(len(self._running), loop.time()):
                 await asyncio.sleep(delay_s)  # a busy stream: answers ready meanwhile join the batch
             while self._ready:

@@ -71,7 +71,8 @@ class Worker:
                                         ready=config.ready_invocations, max_backlog=config.max_backlog_invocations)
         self.service.stream_attempts(config.bidi)
         self.grpc = grpc.aio.server(options=server_options())
-        pb_grpc.add_PartitionServiceServicer_to_server(PartitionServicer(self.service, config.stream_linger_ms / 1000), self.grpc)
+        servicer = PartitionServicer(self.service, config.stream_linger_ms / 1000)
+        pb_grpc.add_PartitionServiceServicer_to_server(servicer, self.grpc)
         self.ownership: Ownership | None = None
         self._metrics: web.AppRunner | None = None
         self._loops: list[asyncio.Task[Any]] = []

@@ -2,8 +2,8 @@
 
 Starts a `shardgate dev` cluster (2 workers, 1 ingress, Redis; the tree at `--root`, this one by
 default) and the TypeScript SDK deployment of `compare.py`, warms up, then runs one closed-loop
-`shardgate bench` of calls (`--target`, `Greeter/greet` by default) and prints, per process, the CPU per completed call
-and its share of a core (from /proc, read before and after), each worker's script pipeline batch
+`shardgate bench` of calls (`--target`, `Greeter/greet` by default) and prints, per process, the
+CPU per completed call and its share of a core (from /proc, read before and after), each worker's script pipeline batch
 size (`shardgate_partition_script_batch*`) and Redis's per-command statistics for the run
 (`INFO commandstats`, reset before it). Alternate `--root` trees (or environment settings) over
 several runs to compare them; the machine's noise is large.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import urllib.request
@@ -94,9 +95,12 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
                   f"{float(stat['usec_per_call']):7.2f} µs each")
     redis.close()
     for name, (child, out) in profilers.items():
-        child.proc.wait(PROFILE_GRACE_S)
+        try:
+            child.proc.wait(PROFILE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            raise CompareError(f"py-spy on {name} did not finish; see {child.log_path}") from None
         stacks = read_collapsed(out.read_text()) if out.exists() else {}
-        print(f"  profile {name} ({sum(stacks.values())} samples, {out}):")
+        print(f"  profile {name} ({sum(stacks.values())} samples):")
         for line in profile_lines(stacks, args.profile_top):
             print(line)
 
@@ -171,7 +175,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--root", type=Path, default=compare.REPO_ROOT, help="the shardgate tree to run (default: this)")
     ap.add_argument("--profile", action="store_true",
                     help="also run py-spy on the workers and the ingress over the measured run and print their "
-                         "top frames (the CPU figures then include py-spy's own reading of the targets)")
+                         "top frames (py-spy then samples beside them on the same cores, which moves the CPU figures)")
     ap.add_argument("--profile-top", type=int, default=15, help="frames listed per kind with --profile")
     ap.add_argument("--cache-dir", type=Path, default=compare.CACHE_DIR, help="install dir (as compare.py)")
     args = ap.parse_args(argv)

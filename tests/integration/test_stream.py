@@ -31,6 +31,7 @@ from partition.server import PartitionServicer
 from sgproto.partition.v1 import partition_service_pb2 as pb
 from sgproto.partition.v1 import partition_service_pb2_grpc as pb_grpc
 from shardgate import keys
+from shardgate.linger import Linger
 from shardgate.routing import Router
 
 PARTITIONS = 4
@@ -219,7 +220,7 @@ async def test_codes_of_failures_are_those_of_the_unary_call(worker: Worker) -> 
     worker.service.behaviour = fail
     async with grpc.aio.insecure_channel(worker.address) as channel:
         stub = pb_grpc.PartitionServiceStub(channel)
-        stream = InvokeStream(stub, lambda _: None)
+        stream = InvokeStream(stub, lambda _: None, Linger(0.0))
         for n, exc in enumerate(failures):
             req = pb.InvokeRequest(partition=0, invocation_id=str(n))
             with pytest.raises(grpc.aio.AioRpcError) as unary:
