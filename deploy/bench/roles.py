@@ -147,7 +147,7 @@ def profile_lines(stacks: Mapping[tuple[str, ...], int], top: int) -> list[str]:
     anywhere: dict[str, int] = {}
     for frames, n in stacks.items():
         own[frames[-1]] = own.get(frames[-1], 0) + n
-        for frame in set(frames):
+        for frame in dict.fromkeys(frames):  # once per sample, outermost first (ties keep that order)
             anywhere[frame] = anywhere.get(frame, 0) + n
     lines = []
     for title, counts in (("self", own), ("inclusive", anywhere)):
